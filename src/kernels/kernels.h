@@ -1,0 +1,48 @@
+// Compute kernels. Each is written once with Highway and compiled for every
+// SIMD target (SSE4, AVX2, AVX-512, NEON, SVE, scalar ...); the best one the
+// CPU supports is picked at run time (HWY_DYNAMIC_DISPATCH). The plain scalar
+// reference of every kernel lives in kernels_ref.h; tests/kernels compares
+// each optimised kernel against it on every target the machine supports.
+//
+// Vectors are float32 unless the name says otherwise. Nothing here allocates
+// on the hot path or holds state; a ThreadPool is passed where work is split.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "tensor/tensor.h"
+#include "util/thread_pool.h"
+
+namespace engram::kernels {
+
+float dot(const float* a, const float* b, size_t n);
+float dot_f16(const uint16_t* a, const float* b, size_t n);   // a: IEEE half
+float dot_bf16(const uint16_t* a, const float* b, size_t n);  // a: bfloat16
+void axpy(float alpha, const float* x, float* y, size_t n);   // y += alpha * x
+void scale(float* x, float alpha, size_t n);                  // x *= alpha
+void add(const float* a, const float* b, float* out, size_t n);
+void mul(const float* a, const float* b, float* out, size_t n);
+// out = x / sqrt(mean(x^2) + eps) * w  (w may be null: no weight)
+void rms_norm(const float* x, const float* w, float* out, size_t n, float eps);
+// x = softmax(x), numerically stable (max subtracted)
+void softmax(float* x, size_t n);
+// out = silu(gate) * up, silu(v) = v / (1 + exp(-v))   (SwiGLU)
+void silu_mul(const float* gate, const float* up, float* out, size_t n);
+float max_value(const float* x, size_t n);
+
+// Dot product of one stored row of `type` (n elements) with a float vector.
+float dot_row(GgmlType type, const void* row, const float* x, int64_t n);
+
+// y[t, o] = sum_i W[o, i] * x[t, i]  for t < n_tokens, o < W.ne[1].
+// W: ne = {n_in, n_out}, any type with can_dequantize(). x: [n_tokens, n_in].
+// y: [n_tokens, n_out]. Rows of W are split across the pool.
+void matmul(const TensorView& W, const float* x, float* y, int n_tokens, ThreadPool& pool);
+
+// out[0..ne[0]) = row i of W, dequantized (embedding lookup).
+void get_row(const TensorView& W, int64_t i, float* out);
+
+// Name of the SIMD target chosen at run time, e.g. "AVX2" (for logs and bench).
+const char* active_target();
+
+}  // namespace engram::kernels

@@ -1,0 +1,83 @@
+// A loaded model: hyperparameters from GGUF keys, weights as views into the
+// mapped file, and a forward pass. One file per architecture (llama.cpp,
+// qwen2.cpp, qwen3.cpp, ...) implements `Model`; load() picks it from
+// general.architecture.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "gguf/gguf.h"
+#include "memory/memory.h"
+#include "tokenizer/tokenizer.h"
+#include "util/status.h"
+#include "util/thread_pool.h"
+
+namespace engram {
+
+enum class RopeScaling { NONE, LINEAR, YARN };
+
+struct RopeConfig {
+  int n_dims = 0;            // rotated dimensions per head (rope.dimension_count)
+  bool neox = false;         // NeoX pairs (i, i + n_dims/2) instead of adjacent (2i, 2i+1)
+  float freq_base = 10000.f;
+  float freq_scale = 1.f;    // 1 / scaling factor
+  RopeScaling scaling = RopeScaling::NONE;
+  int64_t n_ctx_orig = 0;    // rope.scaling.original_context_length (YaRN)
+  float yarn_ext_factor = 0.f, yarn_attn_factor = 1.f, yarn_beta_fast = 32.f, yarn_beta_slow = 1.f;
+};
+
+struct ModelConfig {
+  std::string arch;          // general.architecture
+  std::string name;          // general.name
+  int n_vocab = 0;
+  int n_embd = 0;
+  int n_layer = 0;
+  int n_head = 0;
+  int n_head_kv = 0;
+  int head_dim = 0;          // key/query head size
+  int head_dim_v = 0;        // value head size
+  int n_ff = 0;
+  int64_t n_ctx_train = 0;
+  float norm_eps = 1e-5f;
+  RopeConfig rope;
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+
+  // Loads the model in `path`: maps it, reads hyperparameters, checks every
+  // tensor's presence, type and shape. Errors name the file and the key or
+  // tensor at fault ("unsupported architecture 'mamba'").
+  static Expected<std::unique_ptr<Model>> load(const std::string& path);
+
+  const ModelConfig& config() const { return config_; }
+  const gguf::File& file() const { return *file_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+
+  // What the attention memory must hold for n_ctx positions.
+  virtual MemoryLayout memory_layout(int64_t n_ctx, int n_seq = 1) const;
+
+  // Runs tokens at positions pos0 .. pos0+n-1 of sequence `seq`, appending
+  // their K/V to `memory`. Writes logits [n, n_vocab] when all_logits, else
+  // only the last token's [n_vocab]. Scratch buffers live in the model's
+  // per-call arena sized by n; nothing is global.
+  virtual Status forward(std::span<const TokenId> tokens, int64_t pos0, int seq, Memory& memory,
+                         float* logits, bool all_logits, ThreadPool& pool) = 0;
+
+  // Bytes of weights and of memory per context position (for `engram info`).
+  uint64_t weight_bytes() const;
+  uint64_t parameter_count() const;
+  size_t kv_bytes_per_token() const;
+
+ protected:
+  std::shared_ptr<const gguf::File> file_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  ModelConfig config_;
+};
+
+}  // namespace engram
