@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds engram and runs the whole test suite:
+#   1. Release build, every unit and end-to-end test (CTest + GoogleTest);
+#   2. ASan+UBSan build of the unit tests, run under the sanitizers;
+#   3. the GGUF reader fuzzer for a bounded time (ENGRAM_FUZZ_SECONDS, default 60).
+# Tests that need ../shared/ref skip with a printed reason when it is absent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+jobs=$(nproc)
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "release build"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j "$jobs"
+
+step "tests (release)"
+ctest --test-dir build --output-on-failure -j "$jobs"
+
+step "ASan+UBSan build"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENGRAM_SANITIZE=ON >/dev/null
+cmake --build build-asan -j "$jobs"
+
+step "tests (ASan+UBSan)"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+ctest --test-dir build-asan --output-on-failure -j "$jobs"
+
+step "GGUF fuzzing"
+if [ -x scripts/fuzz.sh ]; then
+  bash scripts/fuzz.sh "${ENGRAM_FUZZ_SECONDS:-60}"
+else
+  echo "fuzz: scripts/fuzz.sh missing" >&2
+  exit 1
+fi

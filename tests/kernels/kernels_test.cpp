@@ -1,0 +1,521 @@
+// Every SIMD kernel against its scalar reference (kernels_ref.h), on every
+// Highway target this CPU supports: hwy::SetSupportedTargetsForTest forces the
+// dynamic dispatch onto one target at a time.
+//
+// Tolerances. u = 2^-24 is float's unit roundoff. The references sum in
+// double, so their own error is negligible and the bound is the kernel's:
+//  * a float dot of n terms, however its partial sums are grouped (lanes,
+//    accumulators, tail), is within (n - 1) u sum|a_i b_i| + O(u^2) of the
+//    exact value (standard bound for recursive summation; FMA only tightens
+//    it). We allow (n + 2) u sum|a_i b_i|.
+//  * Because that bound grows with n it could hide a dropped element of a
+//    long vector, so separate tests use small integers, whose float products
+//    and sums are exact: there the kernel must match bit for bit.
+//  * add, mul and scale round once per element, as the reference does:
+//    exact equality.
+#include "kernels/kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <hwy/highway.h>
+#include <hwy/targets.h>
+
+#include <gtest/gtest.h>
+
+#include "kernels/kernels_ref.h"
+#include "quant/quant.h"
+
+namespace engram::kernels {
+namespace {
+
+constexpr float kU = 1.0f / (1 << 24);  // unit roundoff of float
+const size_t kSizes[] = {0, 1, 3, 17, 64, 1000, 4099};
+
+// Runs body() once per Highway target compiled in and supported here, with
+// dispatch forced onto that target; returns the names of the targets run.
+template <class Body>
+std::vector<std::string> for_each_target(const Body& body) {
+  std::vector<std::string> names;
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    names.push_back(hwy::TargetName(target));
+    SCOPED_TRACE("target " + names.back());
+    body();
+    hwy::SetSupportedTargetsForTest(0);
+  }
+  return names;
+}
+
+std::vector<float> random_floats(size_t n, float lo, float hi, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& f : v) f = dist(rng);
+  return v;
+}
+
+// Finite halves with magnitudes in [2^-14 .. 4), random mantissas, and a few
+// subnormals, as raw bits (independent of any float->half conversion).
+std::vector<uint16_t> random_halves(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint16_t> v(n);
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t r = rng();
+    const uint32_t exponent = (i % 11 == 5) ? 0 : 1 + r % 16;  // biased exponent 0 = subnormal
+    v[i] = static_cast<uint16_t>(((r >> 8) & 1) << 15 | exponent << 10 | ((r >> 9) & 0x3FF));
+  }
+  return v;
+}
+
+// bfloat16 bits of random floats in [-2, 2].
+std::vector<uint16_t> random_bf16(size_t n, uint32_t seed) {
+  std::vector<float> f = random_floats(n, -2.0f, 2.0f, seed);
+  std::vector<uint16_t> v(n);
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &f[i], 4);
+    v[i] = static_cast<uint16_t>(bits >> 16);
+  }
+  return v;
+}
+
+// Integers in [-8, 8]: every product and every partial sum of up to 2^18
+// such products is exact in float.
+std::vector<float> small_ints(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<float> v(n);
+  for (float& f : v) f = static_cast<float>(static_cast<int>(rng() % 17) - 8);
+  return v;
+}
+
+// Half bits of the integers -8..8, found by scanning every half so the test
+// does not depend on a float->half conversion. Index k + 8 holds k.
+std::vector<uint16_t> half_bits_of_small_ints() {
+  std::vector<uint16_t> table(17, 0xFFFF);
+  for (uint32_t bits = 0; bits < 0x10000; ++bits) {
+    const float f = ref::half_to_float(static_cast<uint16_t>(bits));
+    if (f == std::round(f) && std::fabs(f) <= 8 && table[static_cast<int>(f) + 8] == 0xFFFF) {
+      table[static_cast<int>(f) + 8] = static_cast<uint16_t>(bits);
+    }
+  }
+  return table;
+}
+
+// sum |a_i b_i|, in double: the scale of a dot's rounding error.
+double abs_dot(const std::vector<float>& a, const float* b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += std::fabs(static_cast<double>(a[i]) * b[i]);
+  return s;
+}
+
+double dot_tolerance(size_t n, double abs_sum) { return (n + 2) * static_cast<double>(kU) * abs_sum; }
+
+std::vector<float> halves_to_f32(const std::vector<uint16_t>& h) {
+  std::vector<float> f(h.size());
+  for (size_t i = 0; i < h.size(); ++i) f[i] = ref::half_to_float(h[i]);
+  return f;
+}
+std::vector<float> bf16s_to_f32(const std::vector<uint16_t>& h) {
+  std::vector<float> f(h.size());
+  for (size_t i = 0; i < h.size(); ++i) f[i] = ref::bf16_to_float(h[i]);
+  return f;
+}
+
+TEST(Kernels, ForcesEveryTargetAndReportsIt) {
+  const std::vector<std::string> names = for_each_target([] {});
+  std::string list;
+  for (const std::string& n : names) list += n + " ";
+  std::printf("[kernels] Highway targets tested here: %s(dispatched by default: %s)\n", list.c_str(), active_target());
+  RecordProperty("hwy_targets", list);
+  // Forcing must actually switch the dispatched code: each forced target
+  // reports its own name from inside the dispatched function.
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    EXPECT_STREQ(active_target(), hwy::TargetName(target));
+    hwy::SetSupportedTargetsForTest(0);
+  }
+#if HWY_ARCH_X86_64
+  // Every x86-64 CPU has at least SSSE3 besides the scalar fallback.
+  EXPECT_GE(names.size(), 2u) << list;
+#else
+  EXPECT_GE(names.size(), 1u) << list;
+#endif
+}
+
+TEST(Kernels, DotMatchesReference) {
+  for_each_target([] {
+    for (size_t n : kSizes) {
+      const auto a = random_floats(n, -1, 1, 1 + n), b = random_floats(n, -1, 1, 2 + n);
+      EXPECT_NEAR(dot(a.data(), b.data(), n), ref::dot(a.data(), b.data(), n), dot_tolerance(n, abs_dot(a, b.data())))
+          << "n=" << n;
+    }
+  });
+}
+
+TEST(Kernels, DotsOfSmallIntegersAreExact) {
+  const std::vector<uint16_t> half_of = half_bits_of_small_ints();
+  for_each_target([&] {
+    for (size_t n : kSizes) {
+      const auto a = small_ints(n, 3 + n), b = small_ints(n, 4 + n);
+      std::vector<uint16_t> a16(n), abf(n);
+      for (size_t i = 0; i < n; ++i) {
+        a16[i] = half_of[static_cast<int>(a[i]) + 8];
+        uint32_t bits;
+        std::memcpy(&bits, &a[i], 4);
+        abf[i] = static_cast<uint16_t>(bits >> 16);  // small integers have zero low mantissa bits
+      }
+      const float want = ref::dot(a.data(), b.data(), n);
+      EXPECT_EQ(dot(a.data(), b.data(), n), want) << "n=" << n;
+      EXPECT_EQ(dot_f16(a16.data(), b.data(), n), want) << "n=" << n;
+      EXPECT_EQ(dot_bf16(abf.data(), b.data(), n), want) << "n=" << n;
+      EXPECT_EQ(dot_row(GgmlType::F32, a.data(), b.data(), static_cast<int64_t>(n)), want) << "n=" << n;
+    }
+  });
+}
+
+TEST(Kernels, DotF16MatchesReference) {
+  for_each_target([] {
+    for (size_t n : kSizes) {
+      const auto a = random_halves(n, 5 + n);
+      const auto b = random_floats(n, -1, 1, 6 + n);
+      const double tol = dot_tolerance(n, abs_dot(halves_to_f32(a), b.data()));
+      EXPECT_NEAR(dot_f16(a.data(), b.data(), n), ref::dot_f16(a.data(), b.data(), n), tol) << "n=" << n;
+      EXPECT_NEAR(dot_row(GgmlType::F16, a.data(), b.data(), static_cast<int64_t>(n)),
+                  ref::dot_f16(a.data(), b.data(), n), tol)
+          << "n=" << n;
+    }
+  });
+}
+
+TEST(Kernels, DotBF16MatchesReference) {
+  for_each_target([] {
+    for (size_t n : kSizes) {
+      const auto a = random_bf16(n, 7 + n);
+      const auto b = random_floats(n, -1, 1, 8 + n);
+      const double tol = dot_tolerance(n, abs_dot(bf16s_to_f32(a), b.data()));
+      EXPECT_NEAR(dot_bf16(a.data(), b.data(), n), ref::dot_bf16(a.data(), b.data(), n), tol) << "n=" << n;
+      EXPECT_NEAR(dot_row(GgmlType::BF16, a.data(), b.data(), static_cast<int64_t>(n)),
+                  ref::dot_bf16(a.data(), b.data(), n), tol)
+          << "n=" << n;
+    }
+  });
+}
+
+TEST(Kernels, HalfConversionCoversEveryFiniteValue) {
+  // get_row on an F16 row holding all 63488 finite halves must reproduce the
+  // reference conversion exactly (conversion to float is exact). Inf/NaN
+  // halves are left out: Highway 1.0.3's software conversion (SSE4 and
+  // below) does not special-case them, and weights never hold them.
+  std::vector<uint16_t> halves;
+  for (uint32_t bits = 0; bits < 0x10000; ++bits) {
+    if (((bits >> 10) & 0x1F) != 0x1F) halves.push_back(static_cast<uint16_t>(bits));
+  }
+  TensorView W;
+  W.type = GgmlType::F16;
+  W.ne = {static_cast<int64_t>(halves.size()), 1, 1, 1};
+  W.n_dims = 1;
+  W.data = halves.data();
+  for_each_target([&] {
+    std::vector<float> got(halves.size());
+    get_row(W, 0, got.data());
+    for (size_t i = 0; i < halves.size(); ++i) {
+      ASSERT_EQ(got[i], ref::half_to_float(halves[i])) << "half bits 0x" << std::hex << halves[i];
+    }
+  });
+}
+
+TEST(Kernels, AddMulScaleAreExact) {
+  for_each_target([] {
+    for (size_t n : kSizes) {
+      const auto a = random_floats(n, -3, 3, 9 + n), b = random_floats(n, -3, 3, 10 + n);
+      std::vector<float> got(n), want(n);
+      add(a.data(), b.data(), got.data(), n);
+      ref::add(a.data(), b.data(), want.data(), n);
+      EXPECT_EQ(got, want) << "add n=" << n;
+      mul(a.data(), b.data(), got.data(), n);
+      ref::mul(a.data(), b.data(), want.data(), n);
+      EXPECT_EQ(got, want) << "mul n=" << n;
+      got = a;
+      want = a;
+      scale(got.data(), -1.7f, n);
+      ref::scale(want.data(), -1.7f, n);
+      EXPECT_EQ(got, want) << "scale n=" << n;
+    }
+  });
+}
+
+TEST(Kernels, AddWorksInPlace) {
+  for_each_target([] {
+    auto a = random_floats(1000, -1, 1, 11);
+    const auto b = random_floats(1000, -1, 1, 12);
+    std::vector<float> want(1000);
+    ref::add(a.data(), b.data(), want.data(), 1000);
+    add(a.data(), b.data(), a.data(), 1000);  // the residual stream does x = x + f(x)
+    EXPECT_EQ(a, want);
+  });
+}
+
+TEST(Kernels, AxpyMatchesReference) {
+  // The kernel may fuse alpha*x + y into one rounding where the reference
+  // rounds twice: the two differ by at most u(|alpha x| + |y|) + u|result|.
+  for_each_target([] {
+    for (size_t n : kSizes) {
+      const auto x = random_floats(n, -2, 2, 13 + n), y0 = random_floats(n, -2, 2, 14 + n);
+      const float alpha = 0.37f;
+      auto got = y0, want = y0;
+      axpy(alpha, x.data(), got.data(), n);
+      ref::axpy(alpha, x.data(), want.data(), n);
+      for (size_t i = 0; i < n; ++i) {
+        const double tol = 2 * kU * (std::fabs(alpha * x[i]) + std::fabs(y0[i]));
+        ASSERT_NEAR(got[i], want[i], tol) << "n=" << n << " i=" << i;
+      }
+    }
+  });
+}
+
+TEST(Kernels, MaxValueIsExact) {
+  for_each_target([] {
+    EXPECT_EQ(max_value(nullptr, 0), -std::numeric_limits<float>::infinity());
+    for (size_t n : kSizes) {
+      if (n == 0) continue;
+      const auto x = random_floats(n, -100, -1, 15 + n);  // all negative: a 0 from padding would show
+      EXPECT_EQ(max_value(x.data(), n), ref::max_value(x.data(), n)) << "n=" << n;
+      // The maximum in the last (tail) position must be found too.
+      auto y = x;
+      y[n - 1] = 5.0f;
+      EXPECT_EQ(max_value(y.data(), n), 5.0f) << "n=" << n;
+    }
+  });
+}
+
+TEST(Kernels, RmsNormMatchesReference) {
+  // Sum of squares: relative error <= n u (dot bound, all terms positive);
+  // the square root halves it; the divide, sqrt and two multiplies add about
+  // 4u. So |got - want| <= (n/2 + 6) u |want|.
+  for_each_target([] {
+    for (size_t n : kSizes) {
+      const auto x = random_floats(n, -4, 4, 16 + n), w = random_floats(n, 0.5f, 1.5f, 17 + n);
+      for (const float* weight : {w.data(), static_cast<const float*>(nullptr)}) {
+        std::vector<float> got(n), want(n);
+        rms_norm(x.data(), weight, got.data(), n, 1e-5f);
+        ref::rms_norm(x.data(), weight, want.data(), n, 1e-5f);
+        for (size_t i = 0; i < n; ++i) {
+          ASSERT_NEAR(got[i], want[i], (n / 2.0 + 6) * kU * std::fabs(want[i]) + 1e-30)
+              << "n=" << n << " i=" << i << (weight ? " weighted" : " unweighted");
+        }
+      }
+    }
+  });
+}
+
+TEST(Kernels, SoftmaxMatchesReference) {
+  // Each e^(x - max): x - max rounds once (relative error u of an argument up
+  // to 20 in size: 20u relative on the exponential) and Exp is within 1 ulp.
+  // The float sum adds n u. Then one divide-like multiply. So relative
+  // (n + 24) u per output.
+  for_each_target([] {
+    for (size_t n : kSizes) {
+      auto got = random_floats(n, -10, 10, 18 + n);
+      auto want = got;
+      softmax(got.data(), n);
+      ref::softmax(want.data(), n);
+      double total = 0;
+      for (size_t i = 0; i < n; ++i) {
+        ASSERT_NEAR(got[i], want[i], (n + 24) * kU * want[i] + 1e-37) << "n=" << n << " i=" << i;
+        total += got[i];
+      }
+      if (n > 0) EXPECT_NEAR(total, 1.0, (n + 24) * kU) << "n=" << n;
+    }
+  });
+}
+
+TEST(Kernels, SoftmaxHandlesMaskedEntries) {
+  const float inf = std::numeric_limits<float>::infinity();
+  for_each_target([&] {
+    for (size_t n : {1u, 5u, 19u}) {
+      std::vector<float> x(n, -inf);
+      x[0] = 1.0f;
+      if (n > 2) x[n - 1] = 1.0f;
+      softmax(x.data(), n);
+      const float p = n > 2 ? 0.5f : 1.0f;
+      EXPECT_FLOAT_EQ(x[0], p) << "n=" << n;
+      for (size_t i = 1; i + 1 < n; ++i) EXPECT_EQ(x[i], 0.0f) << "masked entry " << i << " n=" << n;
+      // All masked: uniform rather than NaN.
+      std::vector<float> all(n, -inf);
+      softmax(all.data(), n);
+      for (float v : all) EXPECT_FLOAT_EQ(v, 1.0f / n) << "n=" << n;
+    }
+  });
+}
+
+TEST(Kernels, SiluMulMatchesReference) {
+  // Exp within 1 ulp, then an add, a divide and a multiply: 4 roundings.
+  // 8u relative leaves margin.
+  for_each_target([] {
+    for (size_t n : kSizes) {
+      const auto gate = random_floats(n, -12, 12, 19 + n), up = random_floats(n, -2, 2, 20 + n);
+      std::vector<float> got(n), want(n);
+      silu_mul(gate.data(), up.data(), got.data(), n);
+      ref::silu_mul(gate.data(), up.data(), want.data(), n);
+      for (size_t i = 0; i < n; ++i) {
+        ASSERT_NEAR(got[i], want[i], 8 * kU * std::fabs(want[i]) + 1e-37) << "n=" << n << " i=" << i;
+      }
+    }
+  });
+}
+
+TEST(Kernels, SiluMulSaturatesWithoutOverflow) {
+  // Far outside Exp's range: silu(-200) is 0 to within 1e-30 and silu(200)
+  // is 200; nothing may become NaN or inf.
+  for_each_target([] {
+    const std::vector<float> gate = {-200.0f, 200.0f, -1e30f, 1e30f, 0.0f};
+    const std::vector<float> up(gate.size(), 1.0f);
+    std::vector<float> out(gate.size());
+    silu_mul(gate.data(), up.data(), out.data(), gate.size());
+    EXPECT_NEAR(out[0], 0.0f, 1e-30f);
+    EXPECT_FLOAT_EQ(out[1], 200.0f);
+    EXPECT_TRUE(std::isfinite(out[2])) << out[2];
+    EXPECT_NEAR(out[2], 0.0f, 1e-6f);
+    EXPECT_FLOAT_EQ(out[3], 1e30f);
+    EXPECT_EQ(out[4], 0.0f);
+  });
+}
+
+// ---- dot_row / matmul / get_row over storage types ----
+
+// A weight matrix [n_out rows of n_in] of `type`, built from random floats.
+struct Weights {
+  GgmlType type;
+  int64_t n_in, n_out;
+  std::vector<uint8_t> bytes;
+
+  TensorView view() const {
+    TensorView W;
+    W.type = type;
+    W.ne = {n_in, n_out, 1, 1};
+    W.n_dims = 2;
+    W.data = bytes.data();
+    W.name = "test.weight";
+    return W;
+  }
+};
+
+Weights make_weights(GgmlType type, int64_t n_in, int64_t n_out, uint32_t seed) {
+  Weights w{type, n_in, n_out, {}};
+  const size_t row = *row_bytes(type, n_in);
+  w.bytes.resize(row * static_cast<size_t>(n_out));
+  const std::vector<float> values = random_floats(static_cast<size_t>(n_in * n_out), -1, 1, seed);
+  for (int64_t o = 0; o < n_out; ++o) {
+    const float* src = values.data() + o * n_in;
+    uint8_t* dst = w.bytes.data() + o * row;
+    switch (type) {
+      case GgmlType::F32:
+        std::memcpy(dst, src, row);
+        break;
+      case GgmlType::F16: {
+        // Halves by raw bits, to stay independent of float->half rounding.
+        const auto h = random_halves(static_cast<size_t>(n_in), seed + 1000 + static_cast<uint32_t>(o));
+        std::memcpy(dst, h.data(), row);
+        break;
+      }
+      case GgmlType::BF16: {
+        const auto h = random_bf16(static_cast<size_t>(n_in), seed + 1000 + static_cast<uint32_t>(o));
+        std::memcpy(dst, h.data(), row);
+        break;
+      }
+      default:
+        quantize_row(type, src, dst, n_in);
+    }
+  }
+  return w;
+}
+
+// Every row's dequantized values, via the reference path.
+double row_abs_dot(const Weights& w, int64_t o, const float* x) {
+  const std::vector<float> row = ref::row_to_f32(w.type, w.bytes.data() + o * *row_bytes(w.type, w.n_in), w.n_in);
+  return abs_dot(row, x);
+}
+
+void check_matmul(GgmlType type, int64_t n_in) {
+  const int64_t n_out = 37;  // odd, and more than 2 grains so 3 threads all get rows
+  const Weights w = make_weights(type, n_in, n_out, 21 + static_cast<uint32_t>(n_in));
+  const TensorView W = w.view();
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (int n_tokens : {1, 5}) {
+      const auto x = random_floats(static_cast<size_t>(n_tokens * n_in), -1, 1, 22 + n_tokens);
+      std::vector<float> got(static_cast<size_t>(n_tokens * n_out), NAN), want(got.size());
+      matmul(W, x.data(), got.data(), n_tokens, pool);
+      ref::matmul(W, x.data(), want.data(), n_tokens);
+      for (int t = 0; t < n_tokens; ++t) {
+        for (int64_t o = 0; o < n_out; ++o) {
+          const float* xt = x.data() + t * n_in;
+          const double tol = dot_tolerance(static_cast<size_t>(n_in), row_abs_dot(w, o, xt));
+          ASSERT_NEAR(got[t * n_out + o], want[t * n_out + o], tol)
+              << type_traits(type).name << " n_in=" << n_in << " threads=" << threads << " n_tokens=" << n_tokens
+              << " t=" << t << " o=" << o;
+          // dot_row on the same row agrees too.
+          ASSERT_NEAR(dot_row(type, W.row(o), xt, n_in), want[t * n_out + o], tol);
+        }
+      }
+    }
+  }
+  // get_row is the exact dequantization.
+  std::vector<float> got(static_cast<size_t>(n_in)), want(got.size());
+  for (int64_t o : {int64_t{0}, n_out - 1}) {
+    get_row(W, o, got.data());
+    ref::get_row(W, o, want.data());
+    EXPECT_EQ(got, want) << type_traits(type).name << " row " << o;
+  }
+}
+
+TEST(Kernels, MatmulPlainTypes) {
+  for_each_target([] {
+    for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::BF16}) {
+      for (int64_t n_in : {1, 67, 512}) check_matmul(type, n_in);
+    }
+  });
+}
+
+TEST(Kernels, MatmulQuantizedTypes) {
+  for_each_target([] {
+    for (GgmlType type : {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K}) {
+      ASSERT_TRUE(can_dequantize(type) && can_quantize(type)) << type_traits(type).name;
+      // 768 = three of dot_row's 256-element chunks.
+      for (int64_t n_in : {256, 768}) check_matmul(type, n_in);
+    }
+  });
+}
+
+TEST(Kernels, MatmulSplitsLargeOutputsAcrossThreads) {
+  // n_out far above the grain, so the chunk boundaries land mid-matrix.
+  const Weights w = make_weights(GgmlType::F32, 64, 1001, 23);
+  const TensorView W = w.view();
+  const auto x = random_floats(3 * 64, -1, 1, 24);
+  std::vector<float> want(3 * 1001);
+  ref::matmul(W, x.data(), want.data(), 3);
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    std::vector<float> got(want.size(), NAN);
+    matmul(W, x.data(), got.data(), 3, pool);
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_NEAR(got[i], want[i], dot_tolerance(64, 64.0)) << "threads=" << threads << " i=" << i;
+    }
+  }
+}
+
+TEST(Kernels, ActiveTargetIsNamed) {
+  const std::string name = active_target();
+  EXPECT_FALSE(name.empty());
+  EXPECT_NE(name, "Unknown");
+}
+
+}  // namespace
+}  // namespace engram::kernels
