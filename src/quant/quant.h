@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "tensor/ggml_type.h"
 #include "util/status.h"
@@ -32,9 +33,27 @@ void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n);
 // Writes row_bytes(type, n) bytes to dst. Same preconditions with can_quantize.
 void quantize_row(GgmlType type, const float* src, void* dst, int64_t n);
 
-// Re-encodes every 2-D+ weight of a GGUF model to `type` (norms, biases and
-// 1-D tensors stay F32; tensors whose row length is not a multiple of the
-// block size keep their type) and writes OUT. Returns a summary line.
+// What `engram quantize` produces: a main tensor type plus llama.cpp's rules
+// for the tensors that get more bits (see quantize_model.cpp).
+struct QuantizeTarget {
+  std::string name;     // canonical name: "q8_0", "q4_k_m", "f16", ...
+  GgmlType type;        // type of most weights
+  uint32_t file_type;   // llama.cpp's LLAMA_FTYPE_* written to general.file_type
+};
+
+// Accepts (case-insensitive) q8_0, q4_0, q4_1, q5_0, q5_1, q4_k (= q4_k_m),
+// q4_k_m, q5_k (= q5_k_m), q5_k_m, q6_k, f16, bf16.
+Expected<QuantizeTarget> parse_quantize_target(std::string_view name);
+
+// Re-encodes the weights of a GGUF model as llama-quantize does without an
+// importance matrix and writes OUT: 2-D+ tensors named *weight (not norms,
+// not expert gates) get the target's type or the type llama.cpp's mix picks
+// (output.weight in Q6_K, some attn_v / ffn_down in Q6_K for *_K_M); 1-D
+// tensors and norms keep their type. Rows are quantized on n_threads threads
+// (<= 0: all). Returns a summary line (tensors, bytes in and out).
+Expected<std::string> quantize_model(const std::string& in_path, const std::string& out_path,
+                                     const QuantizeTarget& target, int n_threads);
+// Same, with a plain type (Q4_K means Q4_K_M, Q5_K means Q5_K_M).
 Expected<std::string> quantize_model(const std::string& in_path, const std::string& out_path, GgmlType type, int n_threads);
 
 }  // namespace engram
