@@ -56,6 +56,7 @@ class Tokenizer {
   std::vector<float> scores_;
   std::vector<TokenType> types_;
   TokenId bos_ = -1, eos_ = -1, eot_ = -1, unk_ = -1, pad_ = -1;
+  std::vector<TokenId> eog_ids_;  // every end-of-generation token (eos, eot, eom, <|im_end|>, ...)
   bool add_bos_ = false, add_eos_ = false;
   std::string model_, pre_;
 };

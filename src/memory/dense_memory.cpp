@@ -1,0 +1,323 @@
+// The dense KV cache: every key and value of every position kept in float32,
+// one growable buffer per (layer, sequence). This is the exact baseline the
+// other memories are measured against.
+//
+// Storage per (layer, seq):
+//   k: [n_stored, n_kv_head, k_dim]   v: [n_stored, n_kv_head, v_dim]
+// Buffers grow as positions are appended (up to n_ctx), so a short
+// conversation does not pay for the full context.
+//
+// Removing a range from the middle of a sequence leaves a hole: the positions
+// are marked absent and attention skips them (positions are never shifted,
+// since stored keys carry their RoPE rotation).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "memory/memory.h"
+
+namespace engram {
+namespace {
+
+// On-disk format (little-endian):
+//   "ENGRAMKV" | u32 version | u32 n_layer | u32 n_kv_head | u32 k_dim | u32 v_dim | u32 n_seq
+//   per seq:   i64 n_positions | n_positions x u8 present
+//   per layer, per seq: i64 n_stored | k floats [n_stored*n_kv_head*k_dim] | v floats [n_stored*n_kv_head*v_dim]
+constexpr char kMagic[8] = {'E', 'N', 'G', 'R', 'A', 'M', 'K', 'V'};
+constexpr uint32_t kVersion = 1;
+
+struct LayerSeq {
+  std::vector<float> k;  // [n_stored, n_kv_head, k_dim]
+  std::vector<float> v;  // [n_stored, n_kv_head, v_dim]
+  int64_t n_stored = 0;
+};
+
+// Bounds-checked reader over a file's bytes; every failure names the file.
+class ByteReader {
+ public:
+  ByteReader(const std::vector<char>& bytes, const std::string& path) : bytes_(bytes), path_(path) {}
+
+  template <class T>
+  Status read(T& out, const char* what) {
+    return read_bytes(&out, sizeof(T), what);
+  }
+  Status read_bytes(void* dst, size_t n, const char* what) {
+    if (n > bytes_.size() - pos_)
+      return make_error(path_, ": truncated KV file: ", what, " needs ", std::to_string(n), " bytes at offset ",
+                        std::to_string(pos_), ", only ", std::to_string(bytes_.size() - pos_), " left");
+    if (n) std::memcpy(dst, bytes_.data() + pos_, n);
+    pos_ += n;
+    return Status::ok();
+  }
+  size_t remaining() const { return bytes_.size() - pos_; }
+
+ private:
+  const std::vector<char>& bytes_;
+  const std::string& path_;
+  size_t pos_ = 0;
+};
+
+class DenseMemory final : public Memory {
+ public:
+  explicit DenseMemory(const MemoryLayout& layout)
+      : Memory(layout),
+        cells_(static_cast<size_t>(std::max(layout.n_layer, 0)) * static_cast<size_t>(std::max(layout.n_seq, 0))),
+        present_(static_cast<size_t>(std::max(layout.n_seq, 0))) {}
+
+  Status append(int layer, int seq, int64_t pos0, int n, const float* k, const float* v) override {
+    ENGRAM_RETURN_IF_ERROR(check_layer_seq(layer, seq));
+    if (n <= 0) return Status::ok();
+    if (pos0 < 0) return make_error("KV memory: negative position ", std::to_string(pos0));
+    if (pos0 + n > layout_.n_ctx) {
+      int64_t first_bad = std::max(pos0, layout_.n_ctx);
+      return make_error("context full: position ", std::to_string(first_bad), " exceeds the memory's ",
+                        std::to_string(layout_.n_ctx), " positions");
+    }
+    LayerSeq& c = cell(layer, seq);
+    if (pos0 > c.n_stored)
+      return make_error("KV memory: append at position ", std::to_string(pos0), " of layer ", std::to_string(layer),
+                        " sequence ", std::to_string(seq), " leaves a gap after position ",
+                        std::to_string(c.n_stored));
+    // Writing position p makes everything after it stale (it was computed
+    // with the old p in context), so the sequence now ends at pos0 + n.
+    const int64_t end = pos0 + n;
+    const size_t k_row = k_row_size(), v_row = v_row_size();
+    c.k.resize(static_cast<size_t>(end) * k_row);
+    c.v.resize(static_cast<size_t>(end) * v_row);
+    std::memcpy(c.k.data() + static_cast<size_t>(pos0) * k_row, k, static_cast<size_t>(n) * k_row * sizeof(float));
+    std::memcpy(c.v.data() + static_cast<size_t>(pos0) * v_row, v, static_cast<size_t>(n) * v_row * sizeof(float));
+    c.n_stored = end;
+
+    std::vector<uint8_t>& present = present_[static_cast<size_t>(seq)];
+    if (static_cast<int64_t>(present.size()) < end) present.resize(static_cast<size_t>(end), 0);
+    std::fill(present.begin() + pos0, present.begin() + end, uint8_t{1});
+    return Status::ok();
+  }
+
+  void attend(int layer, int seq, int64_t pos0, int n, int n_head, const float* q, float* out, float scale,
+              ThreadPool& pool) override {
+    const int n_kv_head = layout_.n_kv_head, k_dim = layout_.k_dim, v_dim = layout_.v_dim;
+    if (n <= 0) return;
+    if (!check_layer_seq(layer, seq).is_ok() || n_kv_head <= 0 || n_head <= 0 || n_head % n_kv_head != 0) {
+      // Misuse (the model checks its layout first): defined output, no crash.
+      std::memset(out, 0, static_cast<size_t>(n) * std::max(n_head, 0) * v_dim * sizeof(float));
+      return;
+    }
+    const LayerSeq& c = cell(layer, seq);
+    const std::vector<uint8_t>& present = present_[static_cast<size_t>(seq)];
+    const int group = n_head / n_kv_head;  // query heads per kv head
+    // A query sees keys 0 .. its own position (and nothing not yet stored).
+    const int64_t n_keys_max = std::min<int64_t>(pos0 + n, c.n_stored);
+    scores_.resize(static_cast<size_t>(pool.size()) * static_cast<size_t>(std::max<int64_t>(n_keys_max, 1)));
+
+    // One work item = one (query, head) pair; each is computed whole by one
+    // thread, so results do not depend on the thread count.
+    pool.parallel_for(static_cast<size_t>(n) * static_cast<size_t>(n_head), [&](size_t begin, size_t end, int thread) {
+      float* scores = scores_.data() + static_cast<size_t>(thread) * static_cast<size_t>(std::max<int64_t>(n_keys_max, 1));
+      for (size_t item = begin; item < end; ++item) {
+        const int i = static_cast<int>(item / static_cast<size_t>(n_head));
+        const int h = static_cast<int>(item % static_cast<size_t>(n_head));
+        const int kvh = h / group;
+        const float* qh = q + (static_cast<size_t>(i) * n_head + h) * k_dim;  // [k_dim]
+        float* oh = out + (static_cast<size_t>(i) * n_head + h) * v_dim;      // [v_dim]
+        const int64_t n_keys = std::min<int64_t>(pos0 + i + 1, c.n_stored);
+        attend_one(c, present, kvh, qh, oh, n_keys, scale, scores);
+      }
+    });
+  }
+
+  void remove(int seq, int64_t p0, int64_t p1) override {
+    if (seq < 0 || seq >= layout_.n_seq) return;
+    p0 = std::max<int64_t>(p0, 0);
+    const int64_t end = n_positions(seq);
+    if (p1 < 0 || p1 >= end) {
+      // Truncation: drop the tail and its storage.
+      for (int l = 0; l < layout_.n_layer; ++l) {
+        LayerSeq& c = cell(l, seq);
+        c.n_stored = std::min(c.n_stored, p0);
+        c.k.resize(static_cast<size_t>(c.n_stored) * k_row_size());
+        c.v.resize(static_cast<size_t>(c.n_stored) * v_row_size());
+      }
+      std::vector<uint8_t>& present = present_[static_cast<size_t>(seq)];
+      present.resize(static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(present.size()), p0)));
+      return;
+    }
+    if (p0 >= p1) return;
+    std::vector<uint8_t>& present = present_[static_cast<size_t>(seq)];
+    std::fill(present.begin() + p0, present.begin() + p1, uint8_t{0});  // a hole
+  }
+
+  Status copy(int src_seq, int dst_seq) override {
+    if (src_seq < 0 || src_seq >= layout_.n_seq || dst_seq < 0 || dst_seq >= layout_.n_seq)
+      return make_error("KV memory: copy between sequences ", std::to_string(src_seq), " and ",
+                        std::to_string(dst_seq), " outside 0..", std::to_string(layout_.n_seq - 1));
+    if (src_seq == dst_seq) return Status::ok();
+    for (int l = 0; l < layout_.n_layer; ++l) cell(l, dst_seq) = cell(l, src_seq);
+    present_[static_cast<size_t>(dst_seq)] = present_[static_cast<size_t>(src_seq)];
+    return Status::ok();
+  }
+
+  int64_t n_positions(int seq) const override {
+    if (seq < 0 || seq >= layout_.n_seq) return 0;
+    int64_t n = 0;
+    for (int l = 0; l < layout_.n_layer; ++l) n = std::max(n, cell(l, seq).n_stored);
+    return n;
+  }
+
+  Status save(const std::string& path) const override {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    if (!out) return make_error(path, ": cannot open for writing");
+    auto put = [&](const void* p, size_t n) { out.write(static_cast<const char*>(p), static_cast<std::streamsize>(n)); };
+    auto put_u32 = [&](uint32_t x) { put(&x, sizeof x); };
+    auto put_i64 = [&](int64_t x) { put(&x, sizeof x); };
+    put(kMagic, sizeof kMagic);
+    put_u32(kVersion);
+    put_u32(static_cast<uint32_t>(layout_.n_layer));
+    put_u32(static_cast<uint32_t>(layout_.n_kv_head));
+    put_u32(static_cast<uint32_t>(layout_.k_dim));
+    put_u32(static_cast<uint32_t>(layout_.v_dim));
+    put_u32(static_cast<uint32_t>(layout_.n_seq));
+    for (const auto& present : present_) {
+      put_i64(static_cast<int64_t>(present.size()));
+      put(present.data(), present.size());
+    }
+    for (int l = 0; l < layout_.n_layer; ++l) {
+      for (int s = 0; s < layout_.n_seq; ++s) {
+        const LayerSeq& c = cell(l, s);
+        put_i64(c.n_stored);
+        put(c.k.data(), static_cast<size_t>(c.n_stored) * k_row_size() * sizeof(float));
+        put(c.v.data(), static_cast<size_t>(c.n_stored) * v_row_size() * sizeof(float));
+      }
+    }
+    out.flush();
+    if (!out) return make_error(path, ": write failed");
+    return Status::ok();
+  }
+
+  Status load(const std::string& path) override {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return make_error(path, ": cannot open KV file");
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    ByteReader r(bytes, path);
+
+    char magic[8];
+    ENGRAM_RETURN_IF_ERROR(r.read_bytes(magic, sizeof magic, "magic"));
+    if (std::memcmp(magic, kMagic, sizeof kMagic) != 0) return make_error(path, ": not an engram KV file (bad magic)");
+    uint32_t version = 0;
+    ENGRAM_RETURN_IF_ERROR(r.read(version, "version"));
+    if (version != kVersion)
+      return make_error(path, ": KV file version ", std::to_string(version), " is not supported (expected ",
+                        std::to_string(kVersion), ")");
+    struct Field { const char* name; int expected; };
+    const Field fields[] = {{"n_layer", layout_.n_layer}, {"n_kv_head", layout_.n_kv_head}, {"k_dim", layout_.k_dim},
+                            {"v_dim", layout_.v_dim},     {"n_seq", layout_.n_seq}};
+    for (const Field& f : fields) {
+      uint32_t got = 0;
+      ENGRAM_RETURN_IF_ERROR(r.read(got, f.name));
+      if (static_cast<int64_t>(got) != f.expected)
+        return make_error(path, ": KV layout mismatch: ", f.name, " is ", std::to_string(got), " in the file but ",
+                          std::to_string(f.expected), " in this memory");
+    }
+
+    // Parse into fresh storage so a bad file leaves the memory untouched.
+    std::vector<std::vector<uint8_t>> present(present_.size());
+    for (int s = 0; s < layout_.n_seq; ++s) {
+      int64_t n = 0;
+      ENGRAM_RETURN_IF_ERROR(check_count(r, n, path, "sequence", s));
+      present[static_cast<size_t>(s)].resize(static_cast<size_t>(n));
+      ENGRAM_RETURN_IF_ERROR(r.read_bytes(present[static_cast<size_t>(s)].data(), static_cast<size_t>(n), "position flags"));
+    }
+    std::vector<LayerSeq> cells(cells_.size());
+    for (int l = 0; l < layout_.n_layer; ++l) {
+      for (int s = 0; s < layout_.n_seq; ++s) {
+        LayerSeq& c = cells[static_cast<size_t>(l) * layout_.n_seq + s];
+        ENGRAM_RETURN_IF_ERROR(check_count(r, c.n_stored, path, "layer", l));
+        if (c.n_stored > static_cast<int64_t>(present[static_cast<size_t>(s)].size()))
+          return make_error(path, ": layer ", std::to_string(l), " sequence ", std::to_string(s), " stores ",
+                            std::to_string(c.n_stored), " positions but the sequence has ",
+                            std::to_string(present[static_cast<size_t>(s)].size()));
+        c.k.resize(static_cast<size_t>(c.n_stored) * k_row_size());
+        c.v.resize(static_cast<size_t>(c.n_stored) * v_row_size());
+        ENGRAM_RETURN_IF_ERROR(r.read_bytes(c.k.data(), c.k.size() * sizeof(float), "keys"));
+        ENGRAM_RETURN_IF_ERROR(r.read_bytes(c.v.data(), c.v.size() * sizeof(float), "values"));
+      }
+    }
+    if (r.remaining() != 0)
+      return make_error(path, ": KV file has ", std::to_string(r.remaining()), " unexpected bytes after the data");
+    cells_ = std::move(cells);
+    present_ = std::move(present);
+    return Status::ok();
+  }
+
+  size_t bytes_used() const override {
+    size_t bytes = sizeof(*this) + scores_.capacity() * sizeof(float);
+    for (const LayerSeq& c : cells_) bytes += (c.k.capacity() + c.v.capacity()) * sizeof(float) + sizeof(LayerSeq);
+    for (const auto& p : present_) bytes += p.capacity() + sizeof(p);
+    return bytes;
+  }
+
+ private:
+  size_t k_row_size() const { return static_cast<size_t>(layout_.n_kv_head) * static_cast<size_t>(layout_.k_dim); }
+  size_t v_row_size() const { return static_cast<size_t>(layout_.n_kv_head) * static_cast<size_t>(layout_.v_dim); }
+  LayerSeq& cell(int layer, int seq) { return cells_[static_cast<size_t>(layer) * layout_.n_seq + seq]; }
+  const LayerSeq& cell(int layer, int seq) const { return cells_[static_cast<size_t>(layer) * layout_.n_seq + seq]; }
+
+  Status check_layer_seq(int layer, int seq) const {
+    if (layer < 0 || layer >= layout_.n_layer)
+      return make_error("KV memory: layer ", std::to_string(layer), " outside 0..", std::to_string(layout_.n_layer - 1));
+    if (seq < 0 || seq >= layout_.n_seq)
+      return make_error("KV memory: sequence ", std::to_string(seq), " outside 0..", std::to_string(layout_.n_seq - 1));
+    return Status::ok();
+  }
+
+  // Reads a position count and checks it against the capacity.
+  Status check_count(ByteReader& r, int64_t& n, const std::string& path, const char* what, int index) const {
+    ENGRAM_RETURN_IF_ERROR(r.read(n, "position count"));
+    if (n < 0 || n > layout_.n_ctx)
+      return make_error(path, ": ", what, " ", std::to_string(index), " holds ", std::to_string(n),
+                        " positions, outside this memory's capacity of ", std::to_string(layout_.n_ctx));
+    return Status::ok();
+  }
+
+  // Softmax attention of one query head over keys [0, n_keys) of one kv head.
+  // Two passes: scores (and their max), then exp-normalised weighted values.
+  void attend_one(const LayerSeq& c, const std::vector<uint8_t>& present, int kvh, const float* qh, float* oh,
+                  int64_t n_keys, float scale, float* scores) const {
+    const int n_kv_head = layout_.n_kv_head, k_dim = layout_.k_dim, v_dim = layout_.v_dim;
+    float max_score = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < n_keys; ++j) {
+      if (!present[static_cast<size_t>(j)]) continue;
+      const float* kj = c.k.data() + (static_cast<size_t>(j) * n_kv_head + kvh) * k_dim;
+      scores[j] = kernels::dot(qh, kj, static_cast<size_t>(k_dim)) * scale;
+      max_score = std::max(max_score, scores[j]);
+    }
+    std::memset(oh, 0, static_cast<size_t>(v_dim) * sizeof(float));
+    if (max_score == -std::numeric_limits<float>::infinity()) return;  // nothing visible
+    float sum = 0.f;
+    for (int64_t j = 0; j < n_keys; ++j) {
+      if (!present[static_cast<size_t>(j)]) continue;
+      scores[j] = std::exp(scores[j] - max_score);
+      sum += scores[j];
+    }
+    const float inv_sum = 1.f / sum;
+    for (int64_t j = 0; j < n_keys; ++j) {
+      if (!present[static_cast<size_t>(j)]) continue;
+      const float* vj = c.v.data() + (static_cast<size_t>(j) * n_kv_head + kvh) * v_dim;
+      kernels::axpy(scores[j] * inv_sum, vj, oh, static_cast<size_t>(v_dim));
+    }
+  }
+
+  std::vector<LayerSeq> cells_;                // [n_layer * n_seq]
+  std::vector<std::vector<uint8_t>> present_;  // per seq: 1 where a position is stored
+  std::vector<float> scores_;                  // attention scratch: [pool threads, n_keys]
+};
+
+}  // namespace
+
+std::unique_ptr<Memory> make_dense_memory(const MemoryLayout& layout) { return std::make_unique<DenseMemory>(layout); }
+
+}  // namespace engram

@@ -1,0 +1,81 @@
+// Llama (Llama 2/3, Mistral, TinyLlama, llama2.c models converted to GGUF):
+// pre-norm decoder blocks of RMSNorm -> GQA self-attention with RoPE in NORM
+// order (adjacent pairs) -> residual, RMSNorm -> SwiGLU FFN -> residual.
+#include "model/architectures.h"
+#include "model/transformer.h"
+
+namespace engram {
+namespace {
+using namespace transformer;
+
+struct LlamaLayer {
+  const float* attn_norm = nullptr;  // [n_embd]
+  Attention attn;
+  const float* ffn_norm = nullptr;   // [n_embd]
+  SwiGluFfn ffn;
+};
+
+class LlamaModel final : public TransformerModel {
+ public:
+  explicit LlamaModel(ModelParts p) : TransformerModel(std::move(p.file), std::move(p.tokenizer), std::move(p.config)) {}
+
+  Status load_weights() {
+    ModelConfig& c = config_;
+    c.rope.neox = false;
+    WeightLoader w(*file_);
+    head_ = load_head(w, c, owned_);
+    // Llama 3.1 stores per-pair frequency divisors.
+    const float* freq_factors = w.optional_vector("rope_freqs.weight", c.rope.n_dims / 2, owned_);
+    for (int l = 0; l < c.n_layer; ++l) {
+      LlamaLayer& L = layers_.emplace_back();
+      L.attn_norm = w.require_vector(blk(l, "attn_norm.weight"), c.n_embd, owned_);
+      L.attn = load_attention(w, l, c);
+      L.ffn_norm = w.require_vector(blk(l, "ffn_norm.weight"), c.n_embd, owned_);
+      L.ffn = load_swiglu(w, l, c);
+    }
+    rope_ = Rope(c.rope, freq_factors);
+    return w.status();
+  }
+
+  Status forward(std::span<const TokenId> tokens, int64_t pos0, int seq, Memory& memory, float* logits,
+                 bool all_logits, ThreadPool& pool) override {
+    const ModelConfig& c = config_;
+    ENGRAM_RETURN_IF_ERROR(check_forward_args(c, tokens, memory, seq));
+    const int n = static_cast<int>(tokens.size());
+    if (n == 0) return Status::ok();
+    Activations& a = act_;
+    a.resize(c, n);
+    float* x = a.x.data();  // [n, n_embd]
+    embed(head_, tokens, x, c.n_embd);
+
+    for (int l = 0; l < c.n_layer; ++l) {
+      const LlamaLayer& L = layers_[static_cast<size_t>(l)];
+      // Attention.
+      rms_norm_rows(x, L.attn_norm, a.xb.data(), n, c.n_embd, c.norm_eps, pool);  // xb: [n, n_embd]
+      project_qkv(L.attn, a.xb.data(), n, a, pool);  // q: [n, n_head, head_dim]  k, v: [n, n_head_kv, head_dim(_v)]
+      rope_.apply(a.q.data(), n, c.n_head, c.head_dim, pos0, a.rope);
+      rope_.apply(a.k.data(), n, c.n_head_kv, c.head_dim, pos0, a.rope);
+      ENGRAM_RETURN_IF_ERROR(attend_and_project(L.attn, l, seq, pos0, n, c, memory, a, pool));  // proj: [n, n_embd]
+      add_in_place(x, a.proj.data(), static_cast<size_t>(n) * c.n_embd);
+      // Feed-forward.
+      rms_norm_rows(x, L.ffn_norm, a.xb.data(), n, c.n_embd, c.norm_eps, pool);
+      swiglu_ffn(L.ffn, a.xb.data(), a.proj.data(), n, c, a, pool);  // proj: [n, n_embd]
+      add_in_place(x, a.proj.data(), static_cast<size_t>(n) * c.n_embd);
+    }
+    output_logits(head_, c, x, n, all_logits, logits, a, pool);  // [n or 1, n_vocab]
+    return Status::ok();
+  }
+
+ private:
+  std::vector<LlamaLayer> layers_;
+};
+
+}  // namespace
+
+Expected<std::unique_ptr<Model>> load_llama(ModelParts parts) {
+  auto model = std::make_unique<LlamaModel>(std::move(parts));
+  ENGRAM_RETURN_IF_ERROR(model->load_weights());
+  return std::unique_ptr<Model>(std::move(model));
+}
+
+}  // namespace engram
