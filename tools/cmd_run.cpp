@@ -1,0 +1,102 @@
+// engram run: generate text from a prompt, streamed to stdout.
+#include <cstdio>
+#include <memory>
+#include <random>
+
+#include "commands.h"
+#include "common.h"
+#include "model/model.h"
+#include "runtime/generate.h"
+
+namespace engram::tools {
+namespace {
+
+struct RunOptions {
+  std::string model;
+  std::string prompt;
+  int threads = 0;
+  int64_t ctx_size = 0;
+  bool echo = false;
+  bool parse_special = false;
+  int64_t seed = -1;
+  GenerateParams gen;
+};
+
+void write_out(const std::string& s) {
+  if (!s.empty()) std::fwrite(s.data(), 1, s.size(), stdout);
+}
+
+int run(RunOptions& o) {
+  auto path = resolve_model_path(o.model);
+  if (!path) return fail(path.error().message);
+  auto model = Model::load(*path);
+  if (!model) return fail(model.error().message);
+  const Tokenizer& tok = (*model)->tokenizer();
+
+  std::vector<TokenId> prompt = tok.encode(o.prompt, /*add_special=*/true, o.parse_special);
+  o.gen.sampler.seed = o.seed >= 0 ? static_cast<uint64_t>(o.seed) : std::random_device{}();
+
+  ThreadPool pool(o.threads);
+  Session session(**model, pool, o.ctx_size);
+  // Checked before anything is printed (generate() checks it too).
+  if (static_cast<int64_t>(prompt.size()) > session.n_ctx()) {
+    return fail("prompt has " + std::to_string(prompt.size()) + " tokens but the context holds " +
+                std::to_string(session.n_ctx()) + " (see --ctx-size)");
+  }
+  TokenPrinter printer(tok);
+  for (TokenId id : prompt) {
+    std::string text = printer.push(id);  // keeps the printer's state right even without --echo
+    if (o.echo) write_out(text);
+  }
+  std::fflush(stdout);
+
+  auto stats = generate(session, prompt, o.gen, [&](TokenId id) {
+    write_out(printer.push(id));
+    std::fflush(stdout);
+    return true;
+  });
+  write_out(printer.flush());
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  if (!stats) return fail(stats.error().message);
+  std::string line = stats->summary();
+  if (o.gen.sampler.temperature > 0) line += " | seed " + std::to_string(o.gen.sampler.seed);
+  std::fprintf(stderr, "%s\n", line.c_str());
+  return 0;
+}
+
+}  // namespace
+
+Command add_run_command(CLI::App& parent) {
+  auto o = std::make_shared<RunOptions>();
+  o->gen.n_predict = 256;
+  CLI::App* app = parent.add_subcommand("run", "Generate text from a prompt");
+  add_model_option(app, o->model);
+  app->add_option("-p,--prompt", o->prompt, "Prompt text (BOS is added as the model asks)");
+  app->add_option("-n,--n-predict", o->gen.n_predict, "Tokens to generate (-1: until end of text or a full context)")
+      ->capture_default_str();
+  app->add_option("--temp", o->gen.sampler.temperature, "Temperature (<= 0: greedy)")->capture_default_str();
+  app->add_option("--top-k", o->gen.sampler.top_k, "Top-k (0: off)")->capture_default_str();
+  app->add_option("--top-p", o->gen.sampler.top_p, "Top-p (1: off)")->capture_default_str();
+  app->add_option("--min-p", o->gen.sampler.min_p, "Min-p (0: off)")->capture_default_str();
+  app->add_option("--repeat-penalty", o->gen.sampler.repeat_penalty, "Repetition penalty (1: off)")
+      ->capture_default_str();
+  app->add_option("--presence-penalty", o->gen.sampler.presence_penalty, "Presence penalty (0: off)")
+      ->capture_default_str();
+  app->add_option("--repeat-last-n", o->gen.sampler.penalty_last_n, "Tokens the penalties look back on (-1: all)")
+      ->capture_default_str();
+  app->add_option("-s,--seed", o->seed, "Random seed (-1: random)")->capture_default_str();
+  app->add_option("-c,--ctx-size", o->ctx_size, "Context length (0: the model's, at most 4096)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app->add_option("-b,--batch-size", o->gen.n_batch, "Prompt tokens per forward pass")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app->add_flag("--ignore-eos", o->gen.ignore_eos, "Do not stop at end-of-text tokens");
+  app->add_flag("--echo", o->echo, "Print the prompt before the generated text");
+  app->add_flag("--special", o->parse_special, "Parse special-token text (e.g. <s>) in the prompt");
+  add_threads_option(app, o->threads);
+  return {app, [o] { return run(*o); }};
+}
+
+}  // namespace engram::tools

@@ -1,0 +1,34 @@
+// engram: command-line front end. One subcommand per cmd_*.cpp file.
+#include <cstdio>
+#include <exception>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "commands.h"
+#include "common.h"
+
+int main(int argc, char** argv) {
+  using namespace engram::tools;
+  CLI::App app{"engram: LLM inference on the CPU (GGUF models)", "engram"};
+  app.require_subcommand(1);
+  std::vector<Command> commands = {
+      add_run_command(app),     add_logits_command(app),   add_tokenize_command(app),
+      add_info_command(app),    add_quantize_command(app), add_convert_llama2c_command(app),
+  };
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);  // prints the problem (or --help) and gives the exit code
+  }
+  try {
+    for (const Command& c : commands) {
+      if (c.app->parsed()) return c.run();
+    }
+  } catch (const std::bad_alloc&) {
+    return fail("out of memory");
+  } catch (const std::exception& e) {
+    return fail(e.what());
+  }
+  return fail("no command given");
+}
