@@ -54,6 +54,12 @@ class Memory {
   // Bytes of RAM held for keys, values and bookkeeping.
   virtual size_t bytes_used() const = 0;
 
+  // The first error a memory met where the interface has no way to return
+  // one (attend: a block could not be read back from its spill file). The
+  // memory stays usable; the failed attention wrote zeros, and append
+  // returns this error too, so a forward pass fails at its next layer.
+  virtual Status last_error() const { return Status::ok(); }
+
  protected:
   explicit Memory(MemoryLayout layout) : layout_(layout) {}
   MemoryLayout layout_;
@@ -61,5 +67,36 @@ class Memory {
 
 // The exact baseline: every key and value kept in float32.
 std::unique_ptr<Memory> make_dense_memory(const MemoryLayout& layout);
+
+// How Engram memory stores the blocks it retrieves from.
+enum class BlockCompression { F32, F16, INT8 };
+// "f32" | "fp16" (also "f16") | "int8"; error names the value.
+Expected<BlockCompression> parse_block_compression(const std::string& name);
+const char* block_compression_name(BlockCompression c);
+
+// Options of the window and Engram memories (window uses sinks and window).
+struct EngramMemoryOptions {
+  int sinks = 64;              // first positions, always attended exactly
+  int window = 4096;           // most recent positions, always attended exactly
+  int block_size = 128;        // positions per retrievable block (engram)
+  int top_k = 32;              // blocks attended per layer, KV head and query chunk
+  BlockCompression compression = BlockCompression::F16;
+  // RAM cap (bytes) for the whole memory; blocks beyond it live in a spill
+  // file and come back through an LRU cache. 0: no cap, nothing spills.
+  size_t memory_budget_bytes = 0;
+  std::string spill_path;      // spill file; "": a fresh file in the temp dir
+  // Block scoring for a prefill chunk: false scores with the chunk's mean
+  // query (cheap, InfLLM-style), true with every query (max over them).
+  bool score_every_query = false;
+};
+
+// StreamingLLM: the first `sinks` and the last `window` positions (per query).
+std::unique_ptr<Memory> make_window_memory(const MemoryLayout& layout, const EngramMemoryOptions& options);
+// Sinks + window exactly, older positions as compressed blocks retrieved top-k.
+std::unique_ptr<Memory> make_engram_memory(const MemoryLayout& layout, const EngramMemoryOptions& options);
+
+// kind: "dense" | "window" | "engram"; error names an unknown kind.
+Expected<std::unique_ptr<Memory>> make_memory(const std::string& kind, const MemoryLayout& layout,
+                                              const EngramMemoryOptions& options);
 
 }  // namespace engram

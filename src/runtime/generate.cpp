@@ -19,6 +19,13 @@ Session::Session(Model& model, ThreadPool& pool, int64_t n_ctx)
       memory_(make_dense_memory(model.memory_layout(n_ctx_))),
       last_logits_(static_cast<size_t>(model.config().n_vocab), 0.0f) {}
 
+Session::Session(Model& model, ThreadPool& pool, int64_t n_ctx, std::unique_ptr<Memory> memory)
+    : model_(model),
+      pool_(pool),
+      n_ctx_(resolve_context(model.config(), n_ctx)),
+      memory_(memory ? std::move(memory) : make_dense_memory(model.memory_layout(n_ctx_))),
+      last_logits_(static_cast<size_t>(model.config().n_vocab), 0.0f) {}
+
 Status Session::decode(std::span<const TokenId> tokens, int n_batch, std::vector<float>* all_logits) {
   if (tokens.empty()) return Status::ok();
   const int64_t n = static_cast<int64_t>(tokens.size());
@@ -39,6 +46,7 @@ Status Session::decode(std::span<const TokenId> tokens, int n_batch, std::vector
     float* out = all_logits != nullptr ? all_logits->data() + first_row + static_cast<size_t>(i) * n_vocab
                                        : last_logits_.data();
     ENGRAM_RETURN_IF_ERROR(model_.forward(chunk, n_past_, 0, *memory_, out, all_logits != nullptr, pool_));
+    ENGRAM_RETURN_IF_ERROR(memory_->last_error());  // e.g. a spilled block that could not be read back
     n_past_ += len;
   }
   if (all_logits != nullptr) {

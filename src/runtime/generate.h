@@ -32,6 +32,9 @@ class Session {
  public:
   // n_ctx <= 0: resolve_context's default.
   Session(Model& model, ThreadPool& pool, int64_t n_ctx = 0);
+  // With a memory the caller built for model.memory_layout(n_ctx), e.g. by
+  // make_memory("engram", ...) (n_ctx must be resolve_context's result).
+  Session(Model& model, ThreadPool& pool, int64_t n_ctx, std::unique_ptr<Memory> memory);
 
   Model& model() { return model_; }
   const Tokenizer& tokenizer() const { return model_.tokenizer(); }

@@ -1,0 +1,737 @@
+// Engram memory (and, in window mode, the StreamingLLM baseline). The design
+// is described in engram_memory.h.
+#include "memory/engram_memory.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <numeric>
+
+#include "kernels/kernels.h"
+
+namespace engram {
+
+// ------------------------------------------------------------ small pieces
+
+Expected<BlockCompression> parse_block_compression(const std::string& name) {
+  if (name == "f32") return BlockCompression::F32;
+  if (name == "fp16" || name == "f16") return BlockCompression::F16;
+  if (name == "int8" || name == "q8") return BlockCompression::INT8;
+  return make_error("unknown block compression '", name, "' (expected f32, fp16 or int8)");
+}
+
+const char* block_compression_name(BlockCompression c) {
+  switch (c) {
+    case BlockCompression::F32: return "f32";
+    case BlockCompression::F16: return "fp16";
+    case BlockCompression::INT8: return "int8";
+  }
+  return "?";
+}
+
+float block_score_bound(const float* q, const float* kmin, const float* kmax, int k_dim) {
+  float s = 0.f;
+  for (int d = 0; d < k_dim; ++d) s += std::max(q[d] * kmin[d], q[d] * kmax[d]);
+  return s;
+}
+
+std::vector<int> top_k_indices(const std::vector<float>& scores, int top_k) {
+  std::vector<int> idx(scores.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  if (top_k < static_cast<int>(idx.size())) {
+    const auto better = [&](int a, int b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); };
+    std::nth_element(idx.begin(), idx.begin() + std::max(top_k, 0), idx.end(), better);
+    idx.resize(static_cast<size_t>(std::max(top_k, 0)));
+  }
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
+// ------------------------------------------------------------ state
+
+struct EngramMemory::Cell {
+  int64_t n_stored = 0;
+  std::vector<float> sink_k, sink_v;  // [min(n_stored, sinks), n_kv_head, k_dim | v_dim]
+  int64_t tail_start = 0;             // first tail position (>= sinks)
+  std::vector<float> tail_k, tail_v;  // [n_stored - tail_start, n_kv_head, k_dim | v_dim]
+  int64_t n_blocks = 0;               // blocks formed (window mode: dropped)
+  std::vector<uint32_t> units;        // engram: [n_blocks, n_kv_head] block store ids
+  std::vector<float> summary;         // engram: [n_blocks, n_kv_head, 3, k_dim]: min | max | mean key
+
+  int64_t n_sink() const { return std::min(n_stored, sinks); }
+  int64_t sinks = 0;  // the options' sink count
+};
+
+// Per-thread attention scratch.
+struct EngramMemory::Scratch {
+  std::vector<float> k_buf, v_buf;  // a decoded unit: [B, k_dim], [B, v_dim]
+  std::vector<float> scores;        // [kRows]
+  std::vector<float> max, sum;      // online softmax state per (query, head) of an item
+  std::vector<float> acc;           // [.., v_dim] unnormalised outputs
+};
+
+namespace {
+
+constexpr char kMagic[8] = {'E', 'N', 'G', 'R', 'A', 'M', 'E', 'M'};
+constexpr uint32_t kVersion = 1;
+constexpr int kRows = 256;        // keys scored at a time per (query, head)
+constexpr int kQueryTile = 8;     // queries per attention work item
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Online softmax update of one (query, head) with rows [lo, hi) of a segment.
+void add_rows(const float* q, const float* k, size_t k_stride, const float* v, size_t v_stride, int64_t lo,
+              int64_t hi, int k_dim, int v_dim, float scale, float* scores, float& run_max, float& run_sum,
+              float* acc) {
+  for (int64_t r0 = lo; r0 < hi; r0 += kRows) {
+    const int64_t r1 = std::min<int64_t>(hi, r0 + kRows);
+    float m = kNegInf;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float s = kernels::dot(q, k + static_cast<size_t>(r) * k_stride, static_cast<size_t>(k_dim)) * scale;
+      scores[r - r0] = s;
+      m = std::max(m, s);
+    }
+    if (m > run_max) {  // rescale what was accumulated under the old max
+      const float c = std::exp(run_max - m);  // exp(-inf) = 0 on the first rows
+      run_sum *= c;
+      kernels::scale(acc, c, static_cast<size_t>(v_dim));
+      run_max = m;
+    }
+    for (int64_t r = r0; r < r1; ++r) {
+      const float w = std::exp(scores[r - r0] - run_max);
+      run_sum += w;
+      kernels::axpy(w, v + static_cast<size_t>(r) * v_stride, acc, static_cast<size_t>(v_dim));
+    }
+  }
+}
+
+class ByteReader {
+ public:
+  ByteReader(const std::vector<char>& bytes, const std::string& path) : bytes_(bytes), path_(path) {}
+  template <class T>
+  Status read(T& out, const char* what) { return read_bytes(&out, sizeof(T), what); }
+  Status read_bytes(void* dst, size_t n, const char* what) {
+    if (n > bytes_.size() - pos_)
+      return make_error(path_, ": truncated engram memory file: ", what, " needs ", std::to_string(n),
+                        " bytes at offset ", std::to_string(pos_), ", only ", std::to_string(bytes_.size() - pos_),
+                        " left");
+    if (n) std::memcpy(dst, bytes_.data() + pos_, n);
+    pos_ += n;
+    return Status::ok();
+  }
+  template <class T>
+  Status read_vec(std::vector<T>& v, size_t count, const char* what) {
+    if (count > (bytes_.size() - pos_) / sizeof(T)) return read_bytes(nullptr, count * sizeof(T), what);
+    v.resize(count);
+    return read_bytes(v.data(), count * sizeof(T), what);
+  }
+  size_t remaining() const { return bytes_.size() - pos_; }
+
+ private:
+  const std::vector<char>& bytes_;
+  const std::string& path_;
+  size_t pos_ = 0;
+};
+
+}  // namespace
+
+// ------------------------------------------------------------ life cycle
+
+EngramMemory::EngramMemory(const MemoryLayout& layout, const EngramMemoryOptions& options, Mode mode)
+    : Memory(layout),
+      options_(options),
+      mode_(mode),
+      codec_(options.compression, std::max(options.block_size, 1), std::max(layout.k_dim, 0),
+             std::max(layout.v_dim, 0)),
+      cells_(static_cast<size_t>(std::max(layout.n_layer, 0)) * static_cast<size_t>(std::max(layout.n_seq, 0))),
+      selection_(static_cast<size_t>(std::max(layout.n_layer, 0)) * static_cast<size_t>(std::max(layout.n_kv_head, 0))) {
+  options_.sinks = std::max(options_.sinks, 0);
+  options_.window = std::max(options_.window, 0);
+  options_.block_size = std::max(options_.block_size, 1);
+  options_.top_k = std::max(options_.top_k, 0);
+  for (Cell& c : cells_) c.tail_start = c.sinks = options_.sinks;
+  if (mode_ == Mode::ENGRAM) {
+    store_ = std::make_unique<BlockStore>(codec_.unit_bytes(), options_.spill_path);
+    update_capacity();
+  }
+}
+
+EngramMemory::~EngramMemory() = default;
+
+EngramMemory::Cell& EngramMemory::cell(int layer, int seq) {
+  return cells_[static_cast<size_t>(layer) * layout_.n_seq + seq];
+}
+const EngramMemory::Cell& EngramMemory::cell(int layer, int seq) const {
+  return cells_[static_cast<size_t>(layer) * layout_.n_seq + seq];
+}
+size_t EngramMemory::k_row() const { return static_cast<size_t>(layout_.n_kv_head) * layout_.k_dim; }
+size_t EngramMemory::v_row() const { return static_cast<size_t>(layout_.n_kv_head) * layout_.v_dim; }
+
+Status EngramMemory::check_layer_seq(int layer, int seq) const {
+  if (layer < 0 || layer >= layout_.n_layer)
+    return make_error("engram memory: layer ", std::to_string(layer), " outside 0..", std::to_string(layout_.n_layer - 1));
+  if (seq < 0 || seq >= layout_.n_seq)
+    return make_error("engram memory: sequence ", std::to_string(seq), " outside 0..", std::to_string(layout_.n_seq - 1));
+  return Status::ok();
+}
+
+void EngramMemory::fail(Status st) {
+  if (!st.is_ok() && last_error_.is_ok()) last_error_ = std::move(st);
+}
+
+void EngramMemory::release_cell(Cell& c) {
+  if (store_)
+    for (uint32_t id : c.units) store_->release(id);
+  c = Cell{};
+  c.tail_start = c.sinks = options_.sinks;
+}
+
+size_t EngramMemory::bytes_outside_store() const {
+  size_t bytes = sizeof(*this) + cells_.capacity() * sizeof(Cell);
+  for (const Cell& c : cells_)
+    bytes += (c.sink_k.capacity() + c.sink_v.capacity() + c.tail_k.capacity() + c.tail_v.capacity() +
+              c.summary.capacity()) * sizeof(float) + c.units.capacity() * sizeof(uint32_t);
+  for (const auto& s : selection_) bytes += s.capacity() * sizeof(int) + sizeof(s);
+  for (const auto& s : sel_units_) bytes += s.capacity() * sizeof(void*) + sizeof(s);
+  for (const Scratch& s : scratch_)
+    bytes += sizeof(Scratch) + (s.k_buf.capacity() + s.v_buf.capacity() + s.scores.capacity() + s.max.capacity() +
+                                s.sum.capacity() + s.acc.capacity()) * sizeof(float);
+  if (store_) bytes += store_->bytes_used() - store_->resident_bytes();
+  return bytes;
+}
+
+size_t EngramMemory::bytes_used() const {
+  return bytes_outside_store() + (store_ ? store_->resident_bytes() : 0);
+}
+
+// The budget covers everything; the block cache gets what the exact parts
+// and the summaries leave.
+void EngramMemory::update_capacity() {
+  if (!store_) return;
+  if (options_.memory_budget_bytes == 0) {
+    store_->set_capacity(SIZE_MAX);
+    return;
+  }
+  const size_t other = bytes_outside_store();
+  store_->set_capacity(options_.memory_budget_bytes > other ? options_.memory_budget_bytes - other : 0);
+}
+
+// ------------------------------------------------------------ append
+
+Status EngramMemory::append(int layer, int seq, int64_t pos0, int n, const float* k, const float* v) {
+  ENGRAM_RETURN_IF_ERROR(last_error_);
+  ENGRAM_RETURN_IF_ERROR(check_layer_seq(layer, seq));
+  if (n <= 0) return Status::ok();
+  if (pos0 < 0) return make_error("engram memory: negative position ", std::to_string(pos0));
+  if (pos0 + n > layout_.n_ctx)
+    return make_error("context full: position ", std::to_string(std::max(pos0, layout_.n_ctx)),
+                      " exceeds the memory's ", std::to_string(layout_.n_ctx), " positions");
+  Cell& c = cell(layer, seq);
+  if (pos0 > c.n_stored)
+    return make_error("engram memory: append at position ", std::to_string(pos0), " of layer ",
+                      std::to_string(layer), " sequence ", std::to_string(seq), " leaves a gap after position ",
+                      std::to_string(c.n_stored));
+  if (pos0 < c.n_stored) truncate(c, pos0);  // rewriting p makes everything after it stale
+
+  // The earliest query of this chunk (at pos0) still needs pos0 - window + 1.
+  ENGRAM_RETURN_IF_ERROR(evict_old(c, pos0 - options_.window + 1));
+
+  const size_t kr = k_row(), vr = v_row();
+  for (int i = 0; i < n;) {
+    const int64_t pos = pos0 + i;
+    if (pos < options_.sinks) {
+      const int m = static_cast<int>(std::min<int64_t>(n - i, options_.sinks - pos));
+      c.sink_k.insert(c.sink_k.end(), k + i * kr, k + (i + m) * kr);
+      c.sink_v.insert(c.sink_v.end(), v + i * vr, v + (i + m) * vr);
+      i += m;
+    } else {
+      c.tail_k.insert(c.tail_k.end(), k + i * kr, k + static_cast<size_t>(n) * kr);
+      c.tail_v.insert(c.tail_v.end(), v + i * vr, v + static_cast<size_t>(n) * vr);
+      i = n;
+    }
+  }
+  c.n_stored = pos0 + n;
+  if (store_) {  // the summaries and tail grew: the block cache gets less
+    update_capacity();
+    ENGRAM_RETURN_IF_ERROR(store_->unpin_all());
+  }
+  return Status::ok();
+}
+
+// Moves whole blocks of tail positions older than keep_from out of the tail:
+// compressed into the block store (engram) or dropped (window). Working in
+// whole blocks makes the tail at most window + block_size - 1 (+ the chunk).
+Status EngramMemory::evict_old(Cell& c, int64_t keep_from) {
+  const int B = options_.block_size;
+  int64_t n_move = 0;  // blocks leaving the tail; erased from it at once (one memmove)
+  while (c.tail_start + (n_move + 1) * B <= std::min(keep_from, c.n_stored)) ++n_move;
+  if (n_move == 0) return Status::ok();
+  Status st = Status::ok();
+  int64_t done = 0;
+  for (; done < n_move && mode_ == Mode::ENGRAM; ++done) {
+    st = make_block(c, done * B);
+    if (!st.is_ok()) break;
+  }
+  if (mode_ == Mode::WINDOW) done = n_move;
+  c.tail_k.erase(c.tail_k.begin(), c.tail_k.begin() + static_cast<ptrdiff_t>(done * B * k_row()));
+  c.tail_v.erase(c.tail_v.begin(), c.tail_v.begin() + static_cast<ptrdiff_t>(done * B * v_row()));
+  c.tail_start += done * B;
+  c.n_blocks += done;
+  return st;
+}
+
+// Compresses block_size tail rows from row0 on into one unit per KV head, with
+// its summary computed from the decoded keys, so the bound holds for exactly
+// the keys attention will see.
+Status EngramMemory::make_block(Cell& c, int64_t row0) {
+  const int H = layout_.n_kv_head, kd = layout_.k_dim, vd = layout_.v_dim, B = options_.block_size;
+  std::vector<uint8_t> unit(codec_.unit_bytes());
+  std::vector<float> k_buf(static_cast<size_t>(B) * kd), v_buf(static_cast<size_t>(B) * vd);
+  update_capacity();
+  for (int h = 0; h < H; ++h) {
+    codec_.encode(c.tail_k.data() + static_cast<size_t>(row0) * k_row() + static_cast<size_t>(h) * kd, k_row(),
+                  c.tail_v.data() + static_cast<size_t>(row0) * v_row() + static_cast<size_t>(h) * vd, v_row(),
+                  unit.data());
+    Expected<uint32_t> id = store_->put(unit.data());
+    if (!id) {  // undo this block's earlier heads: blocks are whole or absent
+      for (int j = 0; j < h; ++j) store_->release(c.units[c.units.size() - 1 - j]);
+      c.units.resize(c.units.size() - h);
+      c.summary.resize(c.summary.size() - static_cast<size_t>(h) * 3 * kd);
+      return id.error();
+    }
+    c.units.push_back(*id);
+
+    const float *keys, *vals;
+    codec_.rows(unit.data(), k_buf.data(), v_buf.data(), &keys, &vals);
+    const size_t at = c.summary.size();
+    c.summary.resize(at + 3 * static_cast<size_t>(kd));
+    float* kmin = c.summary.data() + at;
+    float* kmax = kmin + kd;
+    float* kmean = kmax + kd;
+    for (int d = 0; d < kd; ++d) {
+      float lo = keys[d], hi = keys[d], sum = 0.f;
+      for (int r = 0; r < B; ++r) {
+        const float x = keys[static_cast<size_t>(r) * kd + d];
+        lo = std::min(lo, x);
+        hi = std::max(hi, x);
+        sum += x;
+      }
+      kmin[d] = lo;
+      kmax[d] = hi;
+      kmean[d] = sum / static_cast<float>(B);
+    }
+  }
+  return Status::ok();
+}
+
+// ------------------------------------------------------------ remove / copy
+
+void EngramMemory::truncate(Cell& c, int64_t p0) {
+  if (p0 >= c.n_stored) return;
+  const int H = layout_.n_kv_head, kd = layout_.k_dim, vd = layout_.v_dim, B = options_.block_size;
+  const size_t kr = k_row(), vr = v_row();
+  if (p0 >= c.tail_start) {
+    c.tail_k.resize(static_cast<size_t>(p0 - c.tail_start) * kr);
+    c.tail_v.resize(static_cast<size_t>(p0 - c.tail_start) * vr);
+  } else if (p0 < options_.sinks) {
+    const std::vector<float> sk(c.sink_k.begin(), c.sink_k.begin() + p0 * kr),
+        sv(c.sink_v.begin(), c.sink_v.begin() + p0 * vr);
+    release_cell(c);
+    c.sink_k = sk;
+    c.sink_v = sv;
+  } else if (mode_ == Mode::WINDOW) {
+    c.tail_k.clear();  // the positions before p0 were dropped already
+    c.tail_v.clear();
+    c.tail_start = p0;
+  } else {
+    // p0 falls in block b: its positions before p0 come back to the tail
+    // (decoded; lossy unless f32), later blocks are released.
+    const int64_t b = (p0 - options_.sinks) / B;
+    const int64_t keep = p0 - (options_.sinks + b * B);
+    std::vector<float> tk(static_cast<size_t>(keep) * kr), tv(static_cast<size_t>(keep) * vr);
+    std::vector<uint8_t> unit(codec_.unit_bytes());
+    std::vector<float> k_buf(static_cast<size_t>(B) * kd), v_buf(static_cast<size_t>(B) * vd);
+    for (int h = 0; h < H && keep > 0; ++h) {
+      Status st = store_->read(c.units[static_cast<size_t>(b) * H + h], unit.data());
+      if (!st.is_ok()) {
+        fail(st);  // the positions are lost; the error says why
+        break;
+      }
+      const float *keys, *vals;
+      codec_.rows(unit.data(), k_buf.data(), v_buf.data(), &keys, &vals);
+      for (int64_t r = 0; r < keep; ++r) {
+        std::memcpy(tk.data() + r * kr + h * kd, keys + r * kd, kd * sizeof(float));
+        std::memcpy(tv.data() + r * vr + h * vd, vals + r * vd, vd * sizeof(float));
+      }
+    }
+    for (size_t u = static_cast<size_t>(b) * H; u < c.units.size(); ++u) store_->release(c.units[u]);
+    c.units.resize(static_cast<size_t>(b) * H);
+    c.summary.resize(static_cast<size_t>(b) * H * 3 * kd);
+    c.n_blocks = b;
+    c.tail_start = options_.sinks + b * B;
+    c.tail_k = std::move(tk);
+    c.tail_v = std::move(tv);
+  }
+  c.n_stored = p0;
+}
+
+void EngramMemory::remove(int seq, int64_t p0, int64_t p1) {
+  if (seq < 0 || seq >= layout_.n_seq) return;
+  p0 = std::max<int64_t>(p0, 0);
+  const int64_t end = n_positions(seq);
+  if (p1 >= 0 && p1 < end) {
+    if (p0 >= p1) return;
+    // Blocks are compressed and summarised as a whole; punching holes would
+    // need per-position masks in every part. Refuse clearly instead.
+    fail(make_error("engram memory: removing positions [", std::to_string(p0), ", ", std::to_string(p1),
+                    ") from the middle of sequence ", std::to_string(seq),
+                    " is not supported (only truncation: remove to the end)"));
+    return;
+  }
+  for (int l = 0; l < layout_.n_layer; ++l) truncate(cell(l, seq), p0);
+}
+
+Status EngramMemory::copy(int src_seq, int dst_seq) {
+  if (src_seq < 0 || src_seq >= layout_.n_seq || dst_seq < 0 || dst_seq >= layout_.n_seq)
+    return make_error("engram memory: copy between sequences ", std::to_string(src_seq), " and ",
+                      std::to_string(dst_seq), " outside 0..", std::to_string(layout_.n_seq - 1));
+  if (src_seq == dst_seq) return Status::ok();
+  for (int l = 0; l < layout_.n_layer; ++l) {
+    release_cell(cell(l, dst_seq));
+    Cell& dst = cell(l, dst_seq);
+    dst = cell(l, src_seq);
+    if (store_)
+      for (uint32_t id : dst.units) store_->retain(id);  // units are immutable: share them
+  }
+  return Status::ok();
+}
+
+int64_t EngramMemory::n_positions(int seq) const {
+  if (seq < 0 || seq >= layout_.n_seq) return 0;
+  int64_t n = 0;
+  for (int l = 0; l < layout_.n_layer; ++l) n = std::max(n, cell(l, seq).n_stored);
+  return n;
+}
+
+int64_t EngramMemory::n_blocks(int layer, int seq) const {
+  if (!check_layer_seq(layer, seq).is_ok()) return 0;
+  return cell(layer, seq).n_blocks;
+}
+
+const std::vector<int>& EngramMemory::last_selection(int layer, int kv_head) const {
+  static const std::vector<int> kNone;
+  if (layer < 0 || layer >= layout_.n_layer || kv_head < 0 || kv_head >= layout_.n_kv_head) return kNone;
+  return selection_[static_cast<size_t>(layer) * layout_.n_kv_head + kv_head];
+}
+
+// ------------------------------------------------------------ attend
+
+void EngramMemory::select_blocks(const Cell& c, int layer, int64_t n_q, int n_head, const float* q) {
+  const int H = layout_.n_kv_head, kd = layout_.k_dim, group = n_head / H;
+  const int64_t nb = static_cast<int64_t>(c.units.size()) / std::max(H, 1);
+  std::vector<float> qset, scores(static_cast<size_t>(nb));
+  for (int g = 0; g < H; ++g) {
+    std::vector<int>& sel = selection_[static_cast<size_t>(layer) * H + g];
+    if (nb <= options_.top_k) {
+      sel.resize(static_cast<size_t>(nb));
+      std::iota(sel.begin(), sel.end(), 0);
+      continue;
+    }
+    // The query vectors this KV head's selection serves.
+    qset.clear();
+    if (n_q == 1 || options_.score_every_query) {
+      for (int64_t i = 0; i < n_q; ++i)
+        for (int h = g * group; h < (g + 1) * group; ++h) {
+          const float* qh = q + (static_cast<size_t>(i) * n_head + h) * kd;
+          qset.insert(qset.end(), qh, qh + kd);
+        }
+    } else {  // the chunk's mean query per head
+      qset.assign(static_cast<size_t>(group) * kd, 0.f);
+      for (int64_t i = 0; i < n_q; ++i)
+        for (int h = 0; h < group; ++h)
+          kernels::axpy(1.f / static_cast<float>(n_q), q + (static_cast<size_t>(i) * n_head + g * group + h) * kd,
+                        qset.data() + static_cast<size_t>(h) * kd, static_cast<size_t>(kd));
+    }
+    const size_t n_vec = qset.size() / static_cast<size_t>(kd);
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* kmin = c.summary.data() + (static_cast<size_t>(b) * H + g) * 3 * kd;
+      const float* kmax = kmin + kd;
+      const float* kmean = kmax + kd;
+      float best = kNegInf;
+      for (size_t j = 0; j < n_vec; ++j) {
+        const float* qv = qset.data() + j * kd;
+        const float s = scoring_ == Scoring::BOUND ? block_score_bound(qv, kmin, kmax, kd)
+                                                   : kernels::dot(qv, kmean, static_cast<size_t>(kd));
+        best = std::max(best, s);
+      }
+      scores[static_cast<size_t>(b)] = best;
+    }
+    sel = top_k_indices(scores, options_.top_k);
+  }
+}
+
+void EngramMemory::attend(int layer, int seq, int64_t pos0, int n, int n_head, const float* q, float* out, float scale,
+                          ThreadPool& pool) {
+  const int H = layout_.n_kv_head, kd = layout_.k_dim, vd = layout_.v_dim, B = options_.block_size;
+  if (n <= 0) return;
+  const size_t out_floats = static_cast<size_t>(n) * std::max(n_head, 0) * vd;
+  if (!check_layer_seq(layer, seq).is_ok() || H <= 0 || n_head <= 0 || n_head % H != 0) {
+    std::memset(out, 0, out_floats * sizeof(float));  // misuse: defined output, no crash
+    return;
+  }
+  const Cell& c = cell(layer, seq);
+  const int group = n_head / H;
+
+  // 1. Retrieval, and the selected units made resident (the only I/O).
+  sel_units_.resize(static_cast<size_t>(H));
+  if (mode_ == Mode::ENGRAM) {
+    select_blocks(c, layer, n, n_head, q);
+    update_capacity();
+    for (int g = 0; g < H; ++g) {
+      const std::vector<int>& sel = selection_[static_cast<size_t>(layer) * H + g];
+      std::vector<const uint8_t*>& units = sel_units_[static_cast<size_t>(g)];
+      units.clear();
+      for (int b : sel) {
+        Expected<const uint8_t*> p = store_->pin(c.units[static_cast<size_t>(b) * H + g]);
+        if (!p) {
+          fail(make_error(p.error().message, " (layer ", std::to_string(layer), ", sequence ", std::to_string(seq),
+                          ", block ", std::to_string(b), ", KV head ", std::to_string(g), ")"));
+          fail(store_->unpin_all());
+          std::memset(out, 0, out_floats * sizeof(float));
+          return;
+        }
+        units.push_back(*p);
+      }
+    }
+  }
+
+  // 2. Exact attention over sinks + selected blocks + tail, one work item
+  //    per (KV head, tile of queries); results do not depend on threads.
+  scratch_.resize(static_cast<size_t>(pool.size()));
+  const int64_t tile_rows = std::min(n, kQueryTile) * static_cast<int64_t>(group);
+  for (Scratch& s : scratch_) {
+    s.k_buf.resize(static_cast<size_t>(B) * kd);
+    s.v_buf.resize(static_cast<size_t>(B) * vd);
+    s.scores.resize(kRows);
+    s.max.resize(static_cast<size_t>(tile_rows));
+    s.sum.resize(static_cast<size_t>(tile_rows));
+    s.acc.resize(static_cast<size_t>(tile_rows) * vd);
+  }
+  const int n_tiles = (n + kQueryTile - 1) / kQueryTile;
+  pool.parallel_for(static_cast<size_t>(H) * n_tiles, [&](size_t begin, size_t end, int thread) {
+    for (size_t item = begin; item < end; ++item) {
+      const int g = static_cast<int>(item / n_tiles);
+      const int tile = static_cast<int>(item % n_tiles);
+      attend_item(c, layer, g, pos0, tile * kQueryTile, std::min(n, (tile + 1) * kQueryTile), n_head, q, out, scale,
+                  scratch_[static_cast<size_t>(thread)]);
+    }
+  });
+
+  if (store_) {
+    update_capacity();  // scratch may have grown since the pins
+    fail(store_->unpin_all());
+  }
+}
+
+void EngramMemory::attend_item(const Cell& c, int layer, int g, int64_t pos0, int i0, int i1, int n_head, const float* q,
+                               float* out, float scale, Scratch& s) const {
+  const int kd = layout_.k_dim, vd = layout_.v_dim, B = options_.block_size;
+  const int group = n_head / layout_.n_kv_head;
+  const size_t kr = k_row(), vr = v_row();
+  std::fill(s.max.begin(), s.max.end(), kNegInf);
+  std::fill(s.sum.begin(), s.sum.end(), 0.f);
+  std::fill(s.acc.begin(), s.acc.end(), 0.f);
+
+  // Adds rows of a segment starting at position first_pos to every (query,
+  // head) of the item, each seeing only rows at or before its own position
+  // (and, when `windowed`, within its last `window` positions).
+  auto segment = [&](const float* k, size_t k_stride, const float* v, size_t v_stride, int64_t first_pos,
+                     int64_t n_rows, bool windowed) {
+    for (int i = i0; i < i1; ++i) {
+      const int64_t p = pos0 + i;
+      const int64_t hi = std::min(n_rows, p - first_pos + 1);
+      const int64_t lo = windowed ? std::max<int64_t>(0, p - options_.window + 1 - first_pos) : 0;
+      if (hi <= lo) continue;
+      for (int j = 0; j < group; ++j) {
+        const int h = g * group + j;
+        const size_t state = static_cast<size_t>(i - i0) * group + j;
+        add_rows(q + (static_cast<size_t>(i) * n_head + h) * kd, k, k_stride, v, v_stride, lo, hi, kd, vd, scale,
+                 s.scores.data(), s.max[state], s.sum[state], s.acc.data() + state * vd);
+      }
+    }
+  };
+
+  if (c.n_sink() > 0)
+    segment(c.sink_k.data() + static_cast<size_t>(g) * kd, kr, c.sink_v.data() + static_cast<size_t>(g) * vd, vr, 0,
+            c.n_sink(), false);
+  if (mode_ == Mode::ENGRAM) {
+    const std::vector<int>& sel = selection_[static_cast<size_t>(layer) * layout_.n_kv_head + g];
+    const std::vector<const uint8_t*>& units = sel_units_[static_cast<size_t>(g)];
+    for (size_t j = 0; j < sel.size(); ++j) {
+      const float *keys, *vals;
+      codec_.rows(units[j], s.k_buf.data(), s.v_buf.data(), &keys, &vals);
+      segment(keys, static_cast<size_t>(kd), vals, static_cast<size_t>(vd),
+              options_.sinks + static_cast<int64_t>(sel[j]) * B, B, false);
+    }
+  }
+  const int64_t n_tail = static_cast<int64_t>(c.tail_k.size() / std::max<size_t>(kr, 1));
+  if (n_tail > 0)
+    segment(c.tail_k.data() + static_cast<size_t>(g) * kd, kr, c.tail_v.data() + static_cast<size_t>(g) * vd, vr,
+            c.tail_start, n_tail, mode_ == Mode::WINDOW);
+
+  for (int i = i0; i < i1; ++i)
+    for (int j = 0; j < group; ++j) {
+      const size_t state = static_cast<size_t>(i - i0) * group + j;
+      float* oh = out + (static_cast<size_t>(i) * n_head + g * group + j) * vd;
+      const float sum = s.sum[state];
+      for (int d = 0; d < vd; ++d) oh[d] = sum > 0.f ? s.acc[state * vd + d] / sum : 0.f;
+    }
+}
+
+// ------------------------------------------------------------ save / load
+
+// Format (little-endian):
+//   "ENGRAMEM" | u32 version | u32 mode | u32 n_layer, n_kv_head, k_dim, v_dim, n_seq
+//   | u32 sinks, window, block_size, compression
+//   per layer, per seq: i64 n_stored, tail_start, n_blocks
+//     | sink k, v floats | engram: n_blocks*n_kv_head units (unit_bytes each), summary floats
+//     | tail k, v floats
+Status EngramMemory::save(const std::string& path) const {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) return make_error(path, ": cannot open for writing");
+  auto put = [&](const void* p, size_t n) { out.write(static_cast<const char*>(p), static_cast<std::streamsize>(n)); };
+  auto put_u32 = [&](uint32_t x) { put(&x, sizeof x); };
+  auto put_i64 = [&](int64_t x) { put(&x, sizeof x); };
+  put(kMagic, sizeof kMagic);
+  put_u32(kVersion);
+  put_u32(static_cast<uint32_t>(mode_));
+  for (int x : {layout_.n_layer, layout_.n_kv_head, layout_.k_dim, layout_.v_dim, layout_.n_seq, options_.sinks,
+                options_.window, options_.block_size, static_cast<int>(options_.compression)})
+    put_u32(static_cast<uint32_t>(x));
+  std::vector<uint8_t> unit(codec_.unit_bytes());
+  for (const Cell& c : cells_) {
+    put_i64(c.n_stored);
+    put_i64(c.tail_start);
+    put_i64(c.n_blocks);
+    put(c.sink_k.data(), c.sink_k.size() * sizeof(float));
+    put(c.sink_v.data(), c.sink_v.size() * sizeof(float));
+    if (mode_ == Mode::ENGRAM) {
+      for (uint32_t id : c.units) {
+        ENGRAM_RETURN_IF_ERROR(store_->read(id, unit.data()));
+        put(unit.data(), unit.size());
+      }
+      put(c.summary.data(), c.summary.size() * sizeof(float));
+    }
+    put(c.tail_k.data(), c.tail_k.size() * sizeof(float));
+    put(c.tail_v.data(), c.tail_v.size() * sizeof(float));
+  }
+  out.flush();
+  if (!out) return make_error(path, ": write failed");
+  return Status::ok();
+}
+
+Status EngramMemory::load(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return make_error(path, ": cannot open engram memory file");
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ByteReader r(bytes, path);
+  char magic[8];
+  ENGRAM_RETURN_IF_ERROR(r.read_bytes(magic, sizeof magic, "magic"));
+  if (std::memcmp(magic, kMagic, sizeof kMagic) != 0)
+    return make_error(path, ": not an engram memory file (bad magic)");
+  uint32_t version = 0, mode = 0;
+  ENGRAM_RETURN_IF_ERROR(r.read(version, "version"));
+  if (version != kVersion)
+    return make_error(path, ": engram memory file version ", std::to_string(version), " is not supported (expected ",
+                      std::to_string(kVersion), ")");
+  ENGRAM_RETURN_IF_ERROR(r.read(mode, "mode"));
+  if (mode != static_cast<uint32_t>(mode_))
+    return make_error(path, ": the file holds a ", mode ? "window" : "engram", " memory, this is a ",
+                      mode_ == Mode::WINDOW ? "window" : "engram", " memory");
+  struct Field { const char* name; int expected; };
+  const Field fields[] = {{"n_layer", layout_.n_layer},   {"n_kv_head", layout_.n_kv_head},
+                          {"k_dim", layout_.k_dim},       {"v_dim", layout_.v_dim},
+                          {"n_seq", layout_.n_seq},       {"sinks", options_.sinks},
+                          {"window", options_.window},    {"block_size", options_.block_size},
+                          {"compression", static_cast<int>(options_.compression)}};
+  for (const Field& f : fields) {
+    uint32_t got = 0;
+    ENGRAM_RETURN_IF_ERROR(r.read(got, f.name));
+    if (static_cast<int64_t>(got) != f.expected)
+      return make_error(path, ": engram memory mismatch: ", f.name, " is ", std::to_string(got), " in the file but ",
+                        std::to_string(f.expected), " in this memory");
+  }
+
+  // Parse into fresh cells; on any error release what was stored so far.
+  std::vector<Cell> cells(cells_.size());
+  for (Cell& c : cells) c.tail_start = c.sinks = options_.sinks;
+  auto parse = [&]() -> Status {
+    const int H = layout_.n_kv_head, kd = layout_.k_dim, B = options_.block_size;
+    std::vector<uint8_t> unit(codec_.unit_bytes());
+    for (size_t ci = 0; ci < cells.size(); ++ci) {
+      Cell& c = cells[ci];
+      const std::string where = " of layer " + std::to_string(ci / layout_.n_seq) + " sequence " +
+                                std::to_string(ci % layout_.n_seq);
+      ENGRAM_RETURN_IF_ERROR(r.read(c.n_stored, "n_stored"));
+      ENGRAM_RETURN_IF_ERROR(r.read(c.tail_start, "tail_start"));
+      ENGRAM_RETURN_IF_ERROR(r.read(c.n_blocks, "n_blocks"));
+      const bool ok = c.n_stored >= 0 && c.n_stored <= layout_.n_ctx && c.tail_start >= options_.sinks &&
+                      c.n_blocks >= 0 && c.n_blocks <= layout_.n_ctx / B &&
+                      (c.n_stored <= options_.sinks || c.tail_start <= c.n_stored) &&
+                      (mode_ == Mode::WINDOW || c.tail_start == options_.sinks + c.n_blocks * B);
+      if (!ok)
+        return make_error(path, ": inconsistent positions", where, " (n_stored ", std::to_string(c.n_stored),
+                          ", tail_start ", std::to_string(c.tail_start), ", n_blocks ", std::to_string(c.n_blocks),
+                          ", capacity ", std::to_string(layout_.n_ctx), ")");
+      const size_t n_sink = static_cast<size_t>(std::min<int64_t>(c.n_stored, options_.sinks));
+      const size_t n_tail = static_cast<size_t>(std::max<int64_t>(0, c.n_stored - c.tail_start));
+      ENGRAM_RETURN_IF_ERROR(r.read_vec(c.sink_k, n_sink * k_row(), "sink keys"));
+      ENGRAM_RETURN_IF_ERROR(r.read_vec(c.sink_v, n_sink * v_row(), "sink values"));
+      if (mode_ == Mode::ENGRAM) {
+        for (int64_t u = 0; u < c.n_blocks * H; ++u) {
+          ENGRAM_RETURN_IF_ERROR(r.read_bytes(unit.data(), unit.size(), "block unit"));
+          update_capacity();
+          Expected<uint32_t> id = store_->put(unit.data());
+          if (!id) return id.error();
+          c.units.push_back(*id);
+        }
+        ENGRAM_RETURN_IF_ERROR(
+            r.read_vec(c.summary, static_cast<size_t>(c.n_blocks) * H * 3 * kd, "block summaries"));
+      }
+      ENGRAM_RETURN_IF_ERROR(r.read_vec(c.tail_k, n_tail * k_row(), "tail keys"));
+      ENGRAM_RETURN_IF_ERROR(r.read_vec(c.tail_v, n_tail * v_row(), "tail values"));
+    }
+    if (r.remaining() != 0)
+      return make_error(path, ": engram memory file has ", std::to_string(r.remaining()),
+                        " unexpected bytes after the data");
+    return Status::ok();
+  };
+  Status st = parse();
+  if (!st.is_ok()) {
+    for (Cell& c : cells) release_cell(c);
+    return st;
+  }
+  for (Cell& c : cells_) release_cell(c);
+  cells_ = std::move(cells);
+  last_error_ = Status::ok();
+  update_capacity();
+  if (store_) ENGRAM_RETURN_IF_ERROR(store_->unpin_all());
+  return Status::ok();
+}
+
+// ------------------------------------------------------------ factories
+
+std::unique_ptr<Memory> make_engram_memory(const MemoryLayout& layout, const EngramMemoryOptions& options) {
+  return std::make_unique<EngramMemory>(layout, options, EngramMemory::Mode::ENGRAM);
+}
+
+Expected<std::unique_ptr<Memory>> make_memory(const std::string& kind, const MemoryLayout& layout,
+                                              const EngramMemoryOptions& options) {
+  if (kind == "dense") return make_dense_memory(layout);
+  if (kind == "window") return make_window_memory(layout, options);
+  if (kind == "engram") return make_engram_memory(layout, options);
+  return make_error("unknown memory kind '", kind, "' (expected dense, window or engram)");
+}
+
+}  // namespace engram

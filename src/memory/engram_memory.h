@@ -1,0 +1,125 @@
+// Engram memory: sinks + a local window attended exactly, everything older
+// kept as compressed blocks ("engrams") of which each query chunk attends
+// only the top-k, chosen by cheap scores against per-block summaries.
+//
+// Per (layer, sequence) the positions are split into three parts:
+//
+//   [0, sinks)              sinks, float32, always attended
+//   [sinks, tail_start)     blocks of block_size positions; per KV head a
+//                           compressed unit in the BlockStore and a summary
+//                           (min, max and mean key) in RAM
+//   [tail_start, n_stored)  the tail, float32, always attended: at least the
+//                           last `window` positions before the current chunk,
+//                           plus the chunk itself (causal within it)
+//
+// Retrieval (per layer, per KV head): a block's score for a query q is the
+// Quest upper bound  sum_d max(q_d * kmin_d, q_d * kmax_d)  >= q . k for
+// every key k in the block. An upper bound is the right score for recall:
+// a block holding one key that matches q strongly (a needle) scores at least
+// that key's dot product, however ordinary its other 127 keys are, whereas
+// a mean key (InfLLM-style representative) dilutes it 128-fold. The mean key
+// is kept as well (EngramMemory::Scoring::MEAN) for comparison.
+// The GQA query heads of a KV head share its selection: the score is the max
+// over them. A prefill chunk shares one selection too: scored with the
+// chunk's mean query per head (one pass over the summaries per chunk, the
+// cost that makes 1M-token prefill feasible), or with every query when
+// options.score_every_query is set.
+//
+// Attention then runs one online softmax (running max and sum) over sinks,
+// the selected blocks and the tail, so the result is exactly softmax
+// attention restricted to those positions.
+//
+// Positions: keys are stored after RoPE, so retrieved blocks keep their
+// original positions; a query at 1M sees keys rotated by up to 1M - far
+// outside what a model trained at 2K has seen. Remapping (InfLLM gives all
+// memory tokens one relative position) needs keys stored before RoPE and
+// rotated at attend time by the remapped position: the place for that is
+// EngramMemory::block_rows (decode, then rotate the block's keys) and a
+// `pre_rope` flag in the options telling the model to hand over unrotated
+// keys. Not done in this version.
+//
+// The window mode (make_window_memory) is the same structure with no
+// blocks: positions leaving the window are dropped, and each query attends
+// the sinks plus its own last `window` positions (StreamingLLM).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "memory/block_store.h"
+#include "memory/memory.h"
+
+namespace engram {
+
+// Quest bound of one query against one block's per-dimension key bounds.
+float block_score_bound(const float* q, const float* kmin, const float* kmax, int k_dim);
+
+// Indices of the top_k highest scores (all of them if fewer), ascending index
+// order; ties broken towards the lower index.
+std::vector<int> top_k_indices(const std::vector<float>& scores, int top_k);
+
+class EngramMemory final : public Memory {
+ public:
+  enum class Mode { ENGRAM, WINDOW };
+  enum class Scoring { BOUND, MEAN };
+
+  EngramMemory(const MemoryLayout& layout, const EngramMemoryOptions& options, Mode mode);
+  ~EngramMemory() override;
+
+  Status append(int layer, int seq, int64_t pos0, int n, const float* k, const float* v) override;
+  void attend(int layer, int seq, int64_t pos0, int n, int n_head, const float* q, float* out, float scale,
+              ThreadPool& pool) override;
+  void remove(int seq, int64_t p0, int64_t p1) override;
+  Status copy(int src_seq, int dst_seq) override;
+  int64_t n_positions(int seq) const override;
+  Status save(const std::string& path) const override;
+  Status load(const std::string& path) override;
+  size_t bytes_used() const override;
+  Status last_error() const override { return last_error_; }
+
+  // Inspection (tests, benchmarks).
+  const EngramMemoryOptions& options() const { return options_; }
+  void set_scoring(Scoring s) { scoring_ = s; }
+  // Blocks (indices from 0 = oldest) the last attend of `layer` selected for
+  // KV head kv_head, ascending.
+  const std::vector<int>& last_selection(int layer, int kv_head) const;
+  int64_t n_blocks(int layer, int seq) const;
+  const BlockStore* store() const { return store_.get(); }
+  // RAM held by everything but the block store's resident units.
+  size_t bytes_outside_store() const;
+
+ private:
+  struct Cell;
+  struct Scratch;
+
+  Cell& cell(int layer, int seq);
+  const Cell& cell(int layer, int seq) const;
+  Status check_layer_seq(int layer, int seq) const;
+  size_t k_row() const;
+  size_t v_row() const;
+  void truncate(Cell& c, int64_t p0);
+  Status evict_old(Cell& c, int64_t keep_from);
+  Status make_block(Cell& c, int64_t row0);
+  void release_cell(Cell& c);
+  void update_capacity();
+  void select_blocks(const Cell& c, int layer, int64_t n_q, int n_head, const float* q);
+  void attend_item(const Cell& c, int layer, int kvh, int64_t pos0, int i0, int i1, int n_head, const float* q, float* out,
+                   float scale, Scratch& s) const;
+  void fail(Status st);
+
+  EngramMemoryOptions options_;
+  Mode mode_;
+  Scoring scoring_ = Scoring::BOUND;
+  BlockCodec codec_;
+  std::unique_ptr<BlockStore> store_;  // null in window mode
+  std::vector<Cell> cells_;            // [n_layer * n_seq]
+  // Per-call state of attend (one attend runs at a time).
+  std::vector<std::vector<int>> selection_;              // [n_layer * n_kv_head] selected blocks
+  std::vector<std::vector<const uint8_t*>> sel_units_;   // [n_kv_head] pinned units of the selection
+  std::vector<Scratch> scratch_;                         // [pool threads]
+  Status last_error_;
+};
+
+}  // namespace engram

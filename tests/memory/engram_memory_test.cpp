@@ -1,0 +1,609 @@
+// Engram memory: block codec bounds, block store (RAM and spill file, bad
+// files), retrieval against brute force, attention against dense and against
+// a naive reference over the selected blocks, budget, save/load, truncation.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "memory/block_store.h"
+#include "memory/engram_memory.h"
+#include "memory/memory.h"
+#include "naive_attention.h"
+#include "quant/quant.h"
+#include "test_support.h"
+
+namespace engram {
+namespace {
+
+using test::KvLog;
+using test::random_floats;
+
+constexpr int kHeads = 6;  // 3 query heads per KV head
+
+MemoryLayout small_layout(int64_t n_ctx = 1200, int n_seq = 2) {
+  MemoryLayout l;
+  l.n_layer = 2;
+  l.n_kv_head = 2;
+  l.k_dim = 8;
+  l.v_dim = 12;
+  l.n_ctx = n_ctx;
+  l.n_seq = n_seq;
+  return l;
+}
+
+EngramMemoryOptions small_options(BlockCompression c = BlockCompression::F32, int top_k = 1000) {
+  EngramMemoryOptions o;
+  o.sinks = 4;
+  o.window = 40;
+  o.block_size = 16;
+  o.top_k = top_k;
+  o.compression = c;
+  return o;
+}
+
+// Appends the same random data to a memory and a log, layer by layer.
+struct Feeder {
+  MemoryLayout l;
+  std::vector<KvLog> logs;  // [n_layer]
+  std::mt19937 rng{7};
+
+  explicit Feeder(const MemoryLayout& layout) : l(layout), logs(static_cast<size_t>(layout.n_layer)) {}
+
+  // Returns the queries [n, kHeads, k_dim] for each layer.
+  std::vector<std::vector<float>> step(std::vector<Memory*> mems, int seq, int64_t pos0, int n) {
+    std::vector<std::vector<float>> qs;
+    for (int layer = 0; layer < l.n_layer; ++layer) {
+      auto k = random_floats(static_cast<size_t>(n) * l.n_kv_head * l.k_dim, rng);
+      auto v = random_floats(static_cast<size_t>(n) * l.n_kv_head * l.v_dim, rng);
+      for (Memory* m : mems) EXPECT_TRUE(m->append(layer, seq, pos0, n, k.data(), v.data()).is_ok());
+      KvLog& log = logs[static_cast<size_t>(layer)];
+      log.k.resize(static_cast<size_t>(pos0) * l.n_kv_head * l.k_dim);
+      log.v.resize(static_cast<size_t>(pos0) * l.n_kv_head * l.v_dim);
+      log.k.insert(log.k.end(), k.begin(), k.end());
+      log.v.insert(log.v.end(), v.begin(), v.end());
+      qs.push_back(random_floats(static_cast<size_t>(n) * kHeads * l.k_dim, rng));
+    }
+    return qs;
+  }
+};
+
+std::vector<float> run_attend(Memory& m, int layer, int seq, int64_t pos0, int n, const std::vector<float>& q,
+                              ThreadPool& pool) {
+  std::vector<float> out(static_cast<size_t>(n) * kHeads * m.layout().v_dim, -1.f);
+  m.attend(layer, seq, pos0, n, kHeads, q.data(), out.data(), 0.35f, pool);
+  return out;
+}
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  float d = 0.f;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) d = std::max(d, std::fabs(a[i] - b[i]));
+  return d;
+}
+
+// ------------------------------------------------------------ codec
+
+TEST(BlockCodec, F32IsExactAndLossyFormatsStayWithinTheirBounds) {
+  std::mt19937 rng(1);
+  const int B = 16, kd = 8, vd = 12;
+  // Keys span magnitudes (the row of large values checks int8's per-row scale).
+  auto k = random_floats(static_cast<size_t>(B) * kd, rng, 3.f);
+  auto v = random_floats(static_cast<size_t>(B) * vd, rng, 0.5f);
+  for (int i = 0; i < kd; ++i) k[static_cast<size_t>(5) * kd + i] *= 1000.f;
+  for (BlockCompression c : {BlockCompression::F32, BlockCompression::F16, BlockCompression::INT8}) {
+    BlockCodec codec(c, B, kd, vd);
+    std::vector<uint8_t> unit(codec.unit_bytes());
+    codec.encode(k.data(), kd, v.data(), vd, unit.data());
+    std::vector<float> kb(k.size()), vb(v.size());
+    const float *kd_out, *vd_out;
+    codec.rows(unit.data(), kb.data(), vb.data(), &kd_out, &vd_out);
+    auto check = [&](const std::vector<float>& x, const float* y, int dim, const char* what) {
+      for (int r = 0; r < B; ++r) {
+        float row_max = 0.f;
+        for (int i = 0; i < dim; ++i) row_max = std::max(row_max, std::fabs(x[static_cast<size_t>(r) * dim + i]));
+        for (int i = 0; i < dim; ++i) {
+          const float xi = x[static_cast<size_t>(r) * dim + i], yi = y[static_cast<size_t>(r) * dim + i];
+          // Independent bounds: half an fp16 ulp; half an int8 step of the row.
+          float bound = 0.f;
+          if (c == BlockCompression::F16) bound = std::ldexp(1.f, std::ilogb(xi) - 11) + 1e-7f;
+          if (c == BlockCompression::INT8) bound = row_max / 254.f * 1.0001f;
+          ASSERT_LE(std::fabs(xi - yi), bound) << block_compression_name(c) << " " << what << " row " << r;
+        }
+      }
+    };
+    check(k, kd_out, kd, "keys");
+    check(v, vd_out, vd, "values");
+  }
+  EXPECT_EQ(BlockCodec(BlockCompression::F32, 128, 64, 64).unit_bytes(), 128u * 128 * 4);
+  EXPECT_EQ(BlockCodec(BlockCompression::F16, 128, 64, 64).unit_bytes(), 128u * 128 * 2);
+  EXPECT_EQ(BlockCodec(BlockCompression::INT8, 128, 64, 64).unit_bytes(), 128u * 128 + 2 * 128 * 4);
+}
+
+TEST(BlockCodec, FastHalfConversionIsExactForEveryHalf) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float want = fp16_to_fp32(static_cast<uint16_t>(h)), got = half_to_float_fast(static_cast<uint16_t>(h));
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(got)) << h;
+    } else {
+      ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want)) << "half 0x" << std::hex << h;
+    }
+  }
+}
+
+TEST(BlockCodec, ParsesNames) {
+  EXPECT_EQ(*parse_block_compression("fp16"), BlockCompression::F16);
+  EXPECT_EQ(*parse_block_compression("int8"), BlockCompression::INT8);
+  EXPECT_EQ(*parse_block_compression("f32"), BlockCompression::F32);
+  auto bad = parse_block_compression("q3");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("q3"), std::string::npos);
+}
+
+// ------------------------------------------------------------ block store
+
+std::vector<uint8_t> pattern(size_t n, int seed) {
+  std::vector<uint8_t> b(n);
+  for (size_t i = 0; i < n; ++i) b[i] = static_cast<uint8_t>(i * 31 + seed * 17 + (i >> 7));
+  return b;
+}
+
+TEST(BlockStore, RoundTripsInRamAndThroughTheSpillFile) {
+  const size_t unit = 1000;
+  const auto dir = test::temp_dir("engram_store");
+  const std::string path = (dir / "spill.bin").string();
+  BlockStore store(unit, path);
+  store.set_capacity(3 * unit);  // holds 3 of 10 units
+  std::vector<uint32_t> ids;
+  for (int i = 0; i < 10; ++i) {
+    auto data = pattern(unit, i);
+    auto id = store.put(data.data());
+    ASSERT_TRUE(id) << id.error().message;
+    ids.push_back(*id);
+    EXPECT_LE(store.resident_bytes(), 3 * unit);
+  }
+  EXPECT_EQ(store.n_units(), 10u);
+  EXPECT_GT(std::filesystem::file_size(path), 0u);
+  for (int round = 0; round < 2; ++round)
+    for (int i = 9; i >= 0; --i) {
+      auto p = store.pin(ids[static_cast<size_t>(i)]);
+      ASSERT_TRUE(p) << p.error().message;
+      auto want = pattern(unit, i);
+      EXPECT_TRUE(std::equal(want.begin(), want.end(), *p)) << "unit " << i;
+      ASSERT_TRUE(store.unpin_all().is_ok());
+      EXPECT_LE(store.resident_bytes(), 3 * unit);
+    }
+  EXPECT_GT(store.n_spill_reads(), 0u);
+  // Pinned units stay valid even beyond the capacity.
+  std::vector<const uint8_t*> pins;
+  for (int i = 0; i < 10; ++i) pins.push_back(*store.pin(ids[static_cast<size_t>(i)]));
+  for (int i = 0; i < 10; ++i) {
+    auto want = pattern(unit, i);
+    EXPECT_TRUE(std::equal(want.begin(), want.end(), pins[static_cast<size_t>(i)]));
+  }
+  ASSERT_TRUE(store.unpin_all().is_ok());
+  // Reference counting: a retained unit survives one release; freed ids are reused.
+  store.retain(ids[0]);
+  store.release(ids[0]);
+  std::vector<uint8_t> got(unit);
+  ASSERT_TRUE(store.read(ids[0], got.data()).is_ok());
+  store.release(ids[0]);
+  EXPECT_EQ(store.n_units(), 9u);
+  EXPECT_FALSE(store.read(ids[0], got.data()).is_ok());
+  auto again = store.put(pattern(unit, 42).data());
+  ASSERT_TRUE(again);
+  EXPECT_EQ(*again, ids[0]);
+  ASSERT_TRUE(store.read(*again, got.data()).is_ok());
+  EXPECT_EQ(got, pattern(unit, 42));
+}
+
+TEST(BlockStore, UnlimitedCapacityNeverTouchesAFile) {
+  BlockStore store(64, "");
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(store.put(pattern(64, i).data()));
+  EXPECT_EQ(store.spill_path(), "");
+  EXPECT_EQ(store.resident_bytes(), 20u * 64);
+}
+
+// Fills a store whose units all spill, returns the ids.
+std::vector<uint32_t> fill_spilled(BlockStore& store, int n) {
+  store.set_capacity(0);
+  std::vector<uint32_t> ids;
+  for (int i = 0; i < n; ++i) ids.push_back(*store.put(pattern(store.unit_bytes(), i).data()));
+  return ids;
+}
+
+TEST(BlockStore, CorruptedSpillFileIsAClearError) {
+  const auto dir = test::temp_dir("engram_store_bad");
+  const std::string path = (dir / "spill.bin").string();
+  BlockStore store(256, path);
+  auto ids = fill_spilled(store, 4);
+  {  // flip a byte inside the third unit
+    std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(2 * 256 + 10);
+    f.put('\x5a');
+  }
+  int n_bad = 0;
+  for (uint32_t id : ids) {
+    auto p = store.pin(id);
+    if (!p) {
+      ++n_bad;
+      EXPECT_NE(p.error().message.find(path), std::string::npos) << p.error().message;
+      EXPECT_NE(p.error().message.find("corrupted"), std::string::npos) << p.error().message;
+      EXPECT_NE(p.error().message.find("unit"), std::string::npos) << p.error().message;
+    }
+  }
+  EXPECT_EQ(n_bad, 1);
+  (void)store.unpin_all();
+}
+
+TEST(BlockStore, TruncatedOrMissingSpillFileIsAClearError) {
+  const auto dir = test::temp_dir("engram_store_missing");
+  const std::string path = (dir / "spill.bin").string();
+  {
+    BlockStore store(256, path);
+    auto ids = fill_spilled(store, 4);
+    std::filesystem::resize_file(path, 256 + 100);
+    auto p = store.pin(ids[3]);
+    ASSERT_FALSE(p);
+    EXPECT_NE(p.error().message.find(path), std::string::npos);
+    EXPECT_NE(p.error().message.find("truncated"), std::string::npos) << p.error().message;
+  }
+  {
+    BlockStore store(256, path);
+    auto ids = fill_spilled(store, 4);
+    std::filesystem::remove(path);
+    auto p = store.pin(ids[1]);
+    ASSERT_FALSE(p);
+    EXPECT_NE(p.error().message.find(path), std::string::npos);
+    EXPECT_NE(p.error().message.find("missing"), std::string::npos) << p.error().message;
+  }
+}
+
+// ------------------------------------------------------------ retrieval
+
+TEST(EngramRetrieval, TopKMatchesBruteForceScoring) {
+  const MemoryLayout l = small_layout(2000, 1);
+  for (bool every_query : {false, true}) {
+    EngramMemoryOptions o = small_options(BlockCompression::F32, /*top_k=*/5);
+    o.score_every_query = every_query;
+    EngramMemory m(l, o, EngramMemory::Mode::ENGRAM);
+    Feeder f(l);
+    ThreadPool pool(1);
+    int64_t pos = 0;
+    while (pos < 1000) {
+      f.step({&m}, 0, pos, 100);
+      pos += 100;
+    }
+    for (int n : {1, 12}) {  // a decode step, a prefill chunk
+      auto qs = f.step({&m}, 0, pos, n);
+      for (int layer = 0; layer < l.n_layer; ++layer) {
+        const auto& q = qs[static_cast<size_t>(layer)];
+        run_attend(m, layer, 0, pos, n, q, pool);
+        const int64_t nb = m.n_blocks(layer, 0);
+        ASSERT_GT(nb, 20);
+        const KvLog& log = f.logs[static_cast<size_t>(layer)];
+        for (int g = 0; g < l.n_kv_head; ++g) {
+          // Brute force: bounds from the raw keys, score = max over the
+          // group's heads of each (or the mean) query.
+          std::vector<std::vector<double>> qv;
+          for (int h = g * 3; h < g * 3 + 3; ++h) {
+            if (n == 1 || every_query) {
+              for (int i = 0; i < n; ++i)
+                qv.emplace_back(q.begin() + (static_cast<size_t>(i) * kHeads + h) * l.k_dim,
+                                q.begin() + (static_cast<size_t>(i) * kHeads + h + 1) * l.k_dim);
+            } else {
+              std::vector<double> mean(static_cast<size_t>(l.k_dim), 0.0);
+              for (int i = 0; i < n; ++i)
+                for (int d = 0; d < l.k_dim; ++d) mean[d] += q[(static_cast<size_t>(i) * kHeads + h) * l.k_dim + d] / n;
+              qv.push_back(mean);
+            }
+          }
+          std::vector<std::pair<double, int>> scored;
+          for (int64_t b = 0; b < nb; ++b) {
+            double best = -1e300;
+            for (const auto& qq : qv) {
+              double s = 0;
+              for (int d = 0; d < l.k_dim; ++d) {
+                double lo = 1e300, hi = -1e300;
+                for (int r = 0; r < o.block_size; ++r) {
+                  const int64_t p = o.sinks + b * o.block_size + r;
+                  const double x = log.k[(static_cast<size_t>(p) * l.n_kv_head + g) * l.k_dim + d];
+                  lo = std::min(lo, x);
+                  hi = std::max(hi, x);
+                }
+                s += std::max(qq[d] * lo, qq[d] * hi);
+              }
+              best = std::max(best, s);
+            }
+            scored.push_back({-best, static_cast<int>(b)});
+          }
+          std::sort(scored.begin(), scored.end());
+          std::vector<int> want;
+          for (int t = 0; t < o.top_k; ++t) want.push_back(scored[static_cast<size_t>(t)].second);
+          std::sort(want.begin(), want.end());
+          EXPECT_EQ(m.last_selection(layer, g), want)
+              << "layer " << layer << " kv head " << g << " n " << n << " every_query " << every_query;
+        }
+      }
+      pos += n;
+    }
+  }
+}
+
+TEST(EngramRetrieval, BoundIsAnUpperBoundOfEveryKeyInTheBlock) {
+  std::mt19937 rng(3);
+  const int kd = 16, B = 32;
+  auto keys = random_floats(static_cast<size_t>(B) * kd, rng);
+  std::vector<float> lo(kd, 1e30f), hi(kd, -1e30f);
+  for (int r = 0; r < B; ++r)
+    for (int d = 0; d < kd; ++d) {
+      lo[d] = std::min(lo[d], keys[static_cast<size_t>(r) * kd + d]);
+      hi[d] = std::max(hi[d], keys[static_cast<size_t>(r) * kd + d]);
+    }
+  for (int t = 0; t < 50; ++t) {
+    auto q = random_floats(kd, rng);
+    const float bound = block_score_bound(q.data(), lo.data(), hi.data(), kd);
+    for (int r = 0; r < B; ++r) {
+      float dot = 0.f;
+      for (int d = 0; d < kd; ++d) dot += q[d] * keys[static_cast<size_t>(r) * kd + d];
+      EXPECT_LE(dot, bound + 1e-4f);
+    }
+  }
+  EXPECT_EQ(top_k_indices({0.5f, 3.f, 1.f, 3.f, -2.f}, 2), (std::vector<int>{1, 3}));
+  EXPECT_EQ(top_k_indices({0.5f, 3.f}, 5), (std::vector<int>{0, 1}));
+}
+
+// ------------------------------------------------------------ attention
+
+// Chunks of a prefill followed by decode steps.
+const std::vector<int> kSchedule = {37, 64, 100, 3, 128, 90, 1, 1, 1, 1, 1, 1, 1, 1};
+
+TEST(EngramAttention, EqualsDenseWhenTopKCoversEveryBlock) {
+  const MemoryLayout l = small_layout();
+  // (threads, budget): one thread all in RAM; three threads through the spill file.
+  for (auto [threads, budget] : {std::pair<int, size_t>{1, 0}, std::pair<int, size_t>{3, 24 * 1024}}) {
+    {
+      EngramMemoryOptions o = small_options(BlockCompression::F32);
+      o.memory_budget_bytes = budget;  // with a budget, most blocks come back from the spill file
+      EngramMemory m(l, o, EngramMemory::Mode::ENGRAM);
+      auto dense = make_dense_memory(l);
+      Feeder f(l);
+      ThreadPool pool(threads);
+      int64_t pos = 0;
+      for (int seq = 0; seq < 2; ++seq) {
+        pos = 0;
+        for (int n : kSchedule) {
+          auto qs = f.step({&m, dense.get()}, seq, pos, n);
+          for (int layer = 0; layer < l.n_layer; ++layer) {
+            auto a = run_attend(m, layer, seq, pos, n, qs[static_cast<size_t>(layer)], pool);
+            auto b = run_attend(*dense, layer, seq, pos, n, qs[static_cast<size_t>(layer)], pool);
+            ASSERT_LT(max_abs_diff(a, b), 1e-4f) << "pos " << pos << " n " << n << " layer " << layer;
+          }
+          pos += n;
+        }
+      }
+      EXPECT_TRUE(m.last_error().is_ok()) << m.last_error().message();
+      EXPECT_GT(m.n_blocks(0, 0), 20);
+      EXPECT_EQ(m.n_positions(0), pos);
+      if (budget) EXPECT_GT(m.store()->n_spill_reads(), 0u);
+    }
+  }
+}
+
+TEST(EngramAttention, EqualsNaiveAttentionOverSinksSelectedBlocksAndTail) {
+  const MemoryLayout l = small_layout(1200, 1);
+  EngramMemoryOptions o = small_options(BlockCompression::F32, /*top_k=*/4);
+  EngramMemory m(l, o, EngramMemory::Mode::ENGRAM);
+  Feeder f(l);
+  ThreadPool pool(2);
+  int64_t pos = 0;
+  for (int n : {200, 150, 100, 10, 1, 1}) {
+    auto qs = f.step({&m}, 0, pos, n);
+    for (int layer = 0; layer < l.n_layer; ++layer) {
+      auto got = run_attend(m, layer, 0, pos, n, qs[static_cast<size_t>(layer)], pool);
+      // The tail after this chunk's append starts at the first position no
+      // block holds.
+      const int64_t tail_start = o.sinks + m.n_blocks(layer, 0) * o.block_size;
+      auto visible = [&](int64_t, int64_t key, int g) {
+        if (key < o.sinks || key >= tail_start) return true;
+        const auto& sel = m.last_selection(layer, g);
+        return std::binary_search(sel.begin(), sel.end(), static_cast<int>((key - o.sinks) / o.block_size));
+      };
+      auto want = test::naive_attention(l, kHeads, f.logs[static_cast<size_t>(layer)], pos, n,
+                                        qs[static_cast<size_t>(layer)].data(), 0.35f, visible);
+      ASSERT_LT(max_abs_diff(got, want), 1e-4f) << "pos " << pos << " layer " << layer;
+      if (pos > 300) EXPECT_EQ(m.last_selection(layer, 0).size(), 4u);
+    }
+    pos += n;
+  }
+}
+
+TEST(EngramAttention, CompressedBlocksStayCloseToDense) {
+  const MemoryLayout l = small_layout();
+  for (BlockCompression c : {BlockCompression::F16, BlockCompression::INT8}) {
+    EngramMemory m(l, small_options(c), EngramMemory::Mode::ENGRAM);
+    auto dense = make_dense_memory(l);
+    Feeder f(l);
+    ThreadPool pool(1);
+    int64_t pos = 0;
+    float worst = 0.f;
+    for (int n : kSchedule) {
+      auto qs = f.step({&m, dense.get()}, 0, pos, n);
+      auto a = run_attend(m, 0, 0, pos, n, qs[0], pool);
+      auto b = run_attend(*dense, 0, 0, pos, n, qs[0], pool);
+      worst = std::max(worst, max_abs_diff(a, b));
+      pos += n;
+    }
+    EXPECT_LT(worst, c == BlockCompression::F16 ? 5e-3f : 5e-2f) << block_compression_name(c);
+    EXPECT_GT(worst, 0.f) << "lossy compression should change something";
+  }
+}
+
+// ------------------------------------------------------------ budget, files
+
+TEST(EngramMemoryBudget, RamStaysWithinTheBudget) {
+  const MemoryLayout l = small_layout(3000, 1);
+  EngramMemoryOptions o = small_options(BlockCompression::F16, /*top_k=*/6);
+  o.memory_budget_bytes = 160 * 1024;
+  EngramMemory m(l, o, EngramMemory::Mode::ENGRAM);
+  Feeder f(l);
+  ThreadPool pool(1);
+  int64_t pos = 0;
+  while (pos < 1650) {
+    const int n = pos < 1600 ? 100 : 1;
+    auto qs = f.step({&m}, 0, pos, n);
+    for (int layer = 0; layer < l.n_layer; ++layer) run_attend(m, layer, 0, pos, n, qs[static_cast<size_t>(layer)], pool);
+    pos += n;
+    ASSERT_LT(m.bytes_outside_store(), o.memory_budget_bytes);  // the test's premise
+    EXPECT_LE(m.bytes_used(), o.memory_budget_bytes) << "at position " << pos;
+  }
+  EXPECT_TRUE(m.last_error().is_ok()) << m.last_error().message();
+  EXPECT_LT(m.store()->resident_bytes(), m.store()->n_units() * m.store()->unit_bytes() / 2);
+  EXPECT_GT(m.store()->n_spill_reads(), 0u);
+}
+
+TEST(EngramMemoryBudget, CorruptedSpillFileFailsTheNextStepWithTheFileAndBlock) {
+  const MemoryLayout l = small_layout(1200, 1);
+  const auto dir = test::temp_dir("engram_mem_bad");
+  EngramMemoryOptions o = small_options(BlockCompression::F32);
+  o.memory_budget_bytes = 1;  // everything spills
+  o.spill_path = (dir / "blocks.bin").string();
+  EngramMemory m(l, o, EngramMemory::Mode::ENGRAM);
+  Feeder f(l);
+  ThreadPool pool(1);
+  f.step({&m}, 0, 0, 500);
+  f.step({&m}, 0, 500, 1);  // blocks form when the next chunk arrives
+  ASSERT_GT(m.n_blocks(0, 0), 20);
+  {
+    std::vector<char> junk(std::filesystem::file_size(o.spill_path), '\x33');
+    std::ofstream(o.spill_path, std::ios::binary | std::ios::in | std::ios::out).write(junk.data(), 64);
+  }
+  auto q = random_floats(static_cast<size_t>(kHeads) * l.k_dim, f.rng);
+  std::vector<float> out(static_cast<size_t>(kHeads) * l.v_dim, 1.f);
+  std::vector<float> kv(static_cast<size_t>(l.n_kv_head) * 12, 0.5f);
+  ASSERT_TRUE(m.append(0, 0, 501, 1, kv.data(), kv.data()).is_ok());
+  m.attend(0, 0, 501, 1, kHeads, q.data(), out.data(), 0.35f, pool);  // must not crash
+  ASSERT_FALSE(m.last_error().is_ok());
+  const std::string msg = m.last_error().message();
+  EXPECT_NE(msg.find(o.spill_path), std::string::npos) << msg;
+  EXPECT_NE(msg.find("block"), std::string::npos) << msg;
+  Status next = m.append(1, 0, 501, 1, kv.data(), kv.data());
+  ASSERT_FALSE(next.is_ok());
+  EXPECT_EQ(next.message(), msg);
+}
+
+TEST(EngramMemoryFile, SaveLoadRoundTripsAndRejectsBadFiles) {
+  const MemoryLayout l = small_layout();
+  const auto dir = test::temp_dir("engram_mem_save");
+  for (BlockCompression c : {BlockCompression::F32, BlockCompression::INT8}) {
+    EngramMemoryOptions o = small_options(c, 5);
+    EngramMemory a(l, o, EngramMemory::Mode::ENGRAM);
+    Feeder f(l);
+    ThreadPool pool(1);
+    int64_t pos = 0;
+    for (int n : {300, 45, 200}) {
+      f.step({&a}, 0, pos, n);
+      pos += n;
+    }
+    f.step({&a}, 1, 0, 70);
+    const std::string path = (dir / "mem.bin").string();
+    ASSERT_TRUE(a.save(path).is_ok());
+    EngramMemoryOptions o2 = o;
+    o2.memory_budget_bytes = 20000;  // the loaded copy spills: same answers
+    EngramMemory b(l, o2, EngramMemory::Mode::ENGRAM);
+    Status st = b.load(path);
+    ASSERT_TRUE(st.is_ok()) << st.message();
+    EXPECT_EQ(b.n_positions(0), pos);
+    EXPECT_EQ(b.n_positions(1), 70);
+    auto qs = f.step({&a, &b}, 0, pos, 3);
+    for (int layer = 0; layer < l.n_layer; ++layer)
+      EXPECT_EQ(run_attend(a, layer, 0, pos, 3, qs[static_cast<size_t>(layer)], pool),
+                run_attend(b, layer, 0, pos, 3, qs[static_cast<size_t>(layer)], pool));
+
+    // A different block size, a truncated file, a dense file: errors naming the file.
+    EngramMemoryOptions o3 = o;
+    o3.block_size = 32;
+    EngramMemory wrong(l, o3, EngramMemory::Mode::ENGRAM);
+    st = wrong.load(path);
+    ASSERT_FALSE(st.is_ok());
+    EXPECT_NE(st.message().find("block_size"), std::string::npos) << st.message();
+    std::filesystem::resize_file(path, std::filesystem::file_size(path) - 10);
+    st = b.load(path);
+    ASSERT_FALSE(st.is_ok());
+    EXPECT_NE(st.message().find(path), std::string::npos) << st.message();
+    EXPECT_EQ(b.n_positions(0), pos + 3);  // a failed load leaves the memory as it was
+  }
+}
+
+// ------------------------------------------------------------ remove, copy
+
+TEST(EngramMemoryEdit, TruncateIntoABlockThenRefillEqualsDense) {
+  const MemoryLayout l = small_layout();
+  EngramMemory m(l, small_options(BlockCompression::F32), EngramMemory::Mode::ENGRAM);
+  auto dense = make_dense_memory(l);
+  Feeder f(l);
+  ThreadPool pool(1);
+  f.step({&m, dense.get()}, 0, 0, 300);
+  for (int64_t cut : {int64_t{290}, int64_t{123}, int64_t{2}}) {
+    m.remove(0, cut, -1);
+    dense->remove(0, cut, -1);
+    EXPECT_EQ(m.n_positions(0), cut);
+    auto qs = f.step({&m, dense.get()}, 0, cut, 100);
+    for (int layer = 0; layer < l.n_layer; ++layer)
+      ASSERT_LT(max_abs_diff(run_attend(m, layer, 0, cut, 100, qs[static_cast<size_t>(layer)], pool),
+                             run_attend(*dense, layer, 0, cut, 100, qs[static_cast<size_t>(layer)], pool)),
+                1e-4f)
+          << "after cutting at " << cut;
+  }
+  // Holes are refused with a clear error; the memory keeps working.
+  m.remove(0, 10, 20);
+  ASSERT_FALSE(m.last_error().is_ok());
+  EXPECT_NE(m.last_error().message().find("not supported"), std::string::npos);
+}
+
+TEST(EngramMemoryEdit, CopySharesBlocksAndBothSequencesMatchDense) {
+  const MemoryLayout l = small_layout();
+  EngramMemory m(l, small_options(BlockCompression::F32), EngramMemory::Mode::ENGRAM);
+  auto dense = make_dense_memory(l);
+  Feeder f(l);
+  ThreadPool pool(1);
+  f.step({&m, dense.get()}, 0, 0, 300);
+  const size_t units = m.store()->n_units();
+  ASSERT_TRUE(m.copy(0, 1).is_ok());
+  ASSERT_TRUE(dense->copy(0, 1).is_ok());
+  EXPECT_EQ(m.store()->n_units(), units);  // shared, not duplicated
+  for (int seq : {0, 1}) {
+    auto qs = f.step({&m, dense.get()}, seq, 300, 2);
+    for (int layer = 0; layer < l.n_layer; ++layer)
+      ASSERT_LT(max_abs_diff(run_attend(m, layer, seq, 300, 2, qs[static_cast<size_t>(layer)], pool),
+                             run_attend(*dense, layer, seq, 300, 2, qs[static_cast<size_t>(layer)], pool)),
+                1e-4f);
+  }
+  m.remove(0, 0, -1);
+  m.remove(1, 0, -1);
+  EXPECT_EQ(m.store()->n_units(), 0u);
+}
+
+TEST(MakeMemory, BuildsEachKindAndRejectsUnknownOnes) {
+  const MemoryLayout l = small_layout();
+  for (const char* kind : {"dense", "window", "engram"}) {
+    auto m = make_memory(kind, l, small_options());
+    ASSERT_TRUE(m) << kind;
+    EXPECT_EQ((*m)->layout().n_layer, l.n_layer);
+  }
+  auto bad = make_memory("sparse", l, small_options());
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("sparse"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace engram
