@@ -116,6 +116,11 @@ int run(const InfoOptions& o) {
   std::printf("architecture: %s, %d layers, n_embd %d, %d heads (%d KV), context %lld (trained %lld)\n",
               m.config().arch.c_str(), m.config().n_layer, m.config().n_embd, m.config().n_head,
               m.config().n_head_kv, static_cast<long long>(n_ctx), static_cast<long long>(m.config().n_ctx_train));
+  if (m.active_parameter_count() != m.parameter_count())  // mixture of experts: only routed experts run
+    std::printf("active:     %llu (%s) parameters per token, of %llu\n",
+                static_cast<unsigned long long>(m.active_parameter_count()),
+                human_count(static_cast<double>(m.active_parameter_count())).c_str(),
+                static_cast<unsigned long long>(m.parameter_count()));
   std::printf("KV cache:   %s per token, %s at context %lld (f32)\n", human_bytes(per_token).c_str(),
               human_bytes(kv).c_str(), static_cast<long long>(n_ctx));
   std::printf("memory:     %s (weights %s + KV %s)\n",

@@ -1,7 +1,7 @@
 // One loader per architecture (one .cpp file each). Model::load reads the
 // config, the tokenizer and general.architecture, then hands over here.
-// To add an architecture (e.g. deepseek2: MLA + MoE), write deepseek2.cpp with
-// a load_deepseek2 and add it to the table in model.cpp.
+// To add an architecture, write <arch>.cpp with a load_<arch> and add it to
+// the table in model.cpp (deepseek2.cpp is the one with MLA + MoE).
 #pragma once
 
 #include <memory>
@@ -19,5 +19,6 @@ struct ModelParts {
 Expected<std::unique_ptr<Model>> load_llama(ModelParts parts);
 Expected<std::unique_ptr<Model>> load_qwen2(ModelParts parts);
 Expected<std::unique_ptr<Model>> load_qwen3(ModelParts parts);
+Expected<std::unique_ptr<Model>> load_deepseek2(ModelParts parts);
 
 }  // namespace engram

@@ -17,6 +17,7 @@ constexpr Architecture kArchitectures[] = {
     {"llama", load_llama},  // Llama 2/3, Mistral, TinyLlama, llama2.c conversions
     {"qwen2", load_qwen2},  // QKV biases, NeoX RoPE
     {"qwen3", load_qwen3},  // per-head Q/K RMSNorm, NeoX RoPE
+    {"deepseek2", load_deepseek2},  // DeepSeek-V2/V3: MLA latent attention, mixture of experts
 };
 
 std::string supported_list() {

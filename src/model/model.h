@@ -72,6 +72,9 @@ class Model {
   // Bytes of weights and of memory per context position (for `engram info`).
   uint64_t weight_bytes() const;
   uint64_t parameter_count() const;
+  // Parameters one token's forward pass reads: all of them, except in a
+  // mixture of experts, where only the experts a token routes to count.
+  virtual uint64_t active_parameter_count() const { return parameter_count(); }
   size_t kv_bytes_per_token() const;
 
  protected:

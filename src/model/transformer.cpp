@@ -263,6 +263,22 @@ Status check_forward_args(const ModelConfig& c, std::span<const TokenId> tokens,
   return Status::ok();
 }
 
+TensorView slice_matrix(const TensorView& t, int64_t i) {
+  TensorView m = t;
+  m.ne = {t.ne[0], t.ne[1], 1, 1};
+  m.n_dims = 2;
+  m.data = t.row(i * t.ne[1]);
+  return m;
+}
+
+TensorView row_range(const TensorView& m, int64_t row0, int64_t n_rows) {
+  TensorView r = m;
+  r.ne = {m.ne[0], n_rows, 1, 1};
+  r.n_dims = 2;
+  r.data = m.row(row0);
+  return r;
+}
+
 void embed(const Head& head, std::span<const TokenId> tokens, float* x, int n_embd) {
   for (size_t t = 0; t < tokens.size(); ++t) kernels::get_row(head.token_embd, tokens[t], x + t * n_embd);
 }

@@ -129,6 +129,13 @@ class TransformerModel : public Model {
 // token id is in the vocabulary.
 Status check_forward_args(const ModelConfig& c, std::span<const TokenId> tokens, const Memory& memory, int seq);
 
+// Matrix i of a 3-D tensor (one expert of ne {n_in, n_out, n_expert}, one
+// head of attn_k_b): ne {ne0, ne1}, pointing into t's data.
+TensorView slice_matrix(const TensorView& t, int64_t i);
+// Rows [row0, row0 + n_rows) of a matrix (the gate or up half of a fused
+// gate_up tensor): ne {ne0, n_rows}.
+TensorView row_range(const TensorView& m, int64_t row0, int64_t n_rows);
+
 // x[t] = token_embd row tokens[t]   x: [n, n_embd]
 void embed(const Head& head, std::span<const TokenId> tokens, float* x, int n_embd);
 
