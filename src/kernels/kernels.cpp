@@ -19,6 +19,7 @@
 #include <limits>
 #include <vector>
 
+#include "quant/blocks.h"
 #include "quant/quant.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -214,6 +215,181 @@ HWY_INLINE void ToF32T(A src, float* dst, size_t n) {
 void F16ToF32Impl(const uint16_t* src, float* dst, size_t n) { ToF32T(Half{src}, dst, n); }
 void BF16ToF32Impl(const uint16_t* src, float* dst, size_t n) { ToF32T(Brain{src}, dst, n); }
 
+// ---- Integer dot products with Q8_0 activations ----
+//
+// As llama.cpp does for Q8_0 and Q4_0 weights, the activation row is first
+// quantized to Q8_0 blocks; each block pair is then one integer dot product
+// of 32 int8 x int8 (or 4-bit x int8) terms, exact in int32, scaled by the
+// product of the two block scales. int8 lanes are widened to int16 and
+// multiplied pairwise into int32 (AVX2 vpmaddwd, NEON smlal; one lane on
+// scalar), which every target provides.
+
+// At most half a block of int16 lanes: a Q4_0 half block (16 nibbles) is then
+// one or more whole vectors, and wide vectors (AVX-512, SVE) never span blocks.
+using DI16 = hn::CappedTag<int16_t, kQK / 2>;
+using DI32 = hn::Repartition<int32_t, DI16>;
+using DF32 = hn::Rebind<float, DI32>;
+
+// Lanes(d16) int8 values at p, sign-extended to int16.
+template <class D16>
+HWY_INLINE hn::Vec<D16> LoadI8AsI16(D16 d16, const int8_t* p) {
+  const hn::Rebind<int8_t, D16> d8;
+  return hn::PromoteTo(d16, hn::LoadU(d8, p));
+}
+
+// Lanes(d16) 4-bit quants in [0, 15] from the low or high nibbles at p.
+template <bool kHigh, class D16>
+HWY_INLINE hn::Vec<D16> LoadNibbles(D16 d16, const uint8_t* p) {
+  const hn::Rebind<uint8_t, D16> d8;
+  const hn::RebindToUnsigned<D16> du16;
+  auto v = hn::PromoteTo(du16, hn::LoadU(d8, p));
+  v = kHigh ? hn::ShiftRight<4>(v) : hn::And(v, hn::Set(du16, 0xF));
+  return hn::BitCast(d16, v);
+}
+
+// Lanes(d16) Q4_0 quants q - 8 in [-8, 7] from the low (elements j) or high
+// (elements j + 16) nibbles of the bytes at p.
+template <bool kHigh, class D16>
+HWY_INLINE hn::Vec<D16> LoadNibblesAsI16(D16 d16, const uint8_t* p) {
+  return hn::Sub(LoadNibbles<kHigh>(d16, p), hn::Set(d16, 8));
+}
+
+// sum_j w[j] * x[j] of one block, spread over int32 lanes.
+HWY_INLINE hn::Vec<DI32> BlockSum(const BlockQ8_0& w, const BlockQ8_0& x) {
+  const DI16 d16;
+  const DI32 d32;
+  auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
+  for (size_t j = 0; j < static_cast<size_t>(kQK); j += hn::Lanes(d16)) {
+    sum0 = hn::ReorderWidenMulAccumulate(d32, LoadI8AsI16(d16, w.qs + j), LoadI8AsI16(d16, x.qs + j), sum0, sum1);
+  }
+  return hn::Add(sum0, sum1);
+}
+
+HWY_INLINE hn::Vec<DI32> BlockSum(const BlockQ4_0& w, const BlockQ8_0& x) {
+  const DI16 d16;
+  const DI32 d32;
+  constexpr size_t kHalf = kQK / 2;
+  auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
+  for (size_t j = 0; j < kHalf; j += hn::Lanes(d16)) {
+    sum0 = hn::ReorderWidenMulAccumulate(d32, LoadNibblesAsI16<false>(d16, w.qs + j), LoadI8AsI16(d16, x.qs + j),
+                                         sum0, sum1);
+    sum0 = hn::ReorderWidenMulAccumulate(d32, LoadNibblesAsI16<true>(d16, w.qs + j),
+                                         LoadI8AsI16(d16, x.qs + kHalf + j), sum0, sum1);
+  }
+  return hn::Add(sum0, sum1);
+}
+
+HWY_INLINE float HalfToF32(uint16_t h) { return hn::GetLane(LoadAsF32(D1(), Half{&h}, 0)); }
+
+// sum over nb blocks of d_w * d_x * (integer block sum). Two float
+// accumulators let consecutive blocks' multiply-adds overlap.
+template <class Block>
+HWY_INLINE float DotQ8T(const Block* HWY_RESTRICT w, const BlockQ8_0* HWY_RESTRICT x, size_t nb) {
+  const DF32 df;
+  auto acc0 = hn::Zero(df), acc1 = hn::Zero(df);
+  size_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    const float s0 = HalfToF32(w[b].d) * HalfToF32(x[b].d);
+    const float s1 = HalfToF32(w[b + 1].d) * HalfToF32(x[b + 1].d);
+    acc0 = hn::MulAdd(hn::Set(df, s0), hn::ConvertTo(df, BlockSum(w[b], x[b])), acc0);
+    acc1 = hn::MulAdd(hn::Set(df, s1), hn::ConvertTo(df, BlockSum(w[b + 1], x[b + 1])), acc1);
+  }
+  if (b < nb) {
+    const float s = HalfToF32(w[b].d) * HalfToF32(x[b].d);
+    acc0 = hn::MulAdd(hn::Set(df, s), hn::ConvertTo(df, BlockSum(w[b], x[b])), acc0);
+  }
+  return hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
+}
+
+// ---- K-quant weights with Q8_K activations (super-blocks of 256) ----
+
+// Q4_K: value = d * sc[j] * q - dmin * m[j] for sub-block j of 32. With
+// x = xd * xq: sum = xd * (d * sum_j sc[j] * (q . xq)_j - dmin * sum_j m[j] * sum(xq)_j).
+HWY_INLINE float SuperBlockDot(const BlockQ4_K& w, const BlockQ8_K& x) {
+  const DI16 d16;
+  const DI32 d32;
+  const DF32 df;
+  const size_t N = hn::Lanes(d16);
+  auto acc = hn::Zero(d32);
+  int32_t min_sum = 0;
+  for (int j = 0; j < kQK_K / 32; ++j) {
+    uint8_t sc, m;
+    k_scale_min(j, w.scales, &sc, &m);
+    min_sum += m * (x.bsums[2 * j] + x.bsums[2 * j + 1]);
+    const uint8_t* q = w.qs + 32 * (j / 2);  // chunk of 64 values: low nibbles then high
+    const int8_t* xq = x.qs + 32 * j;
+    auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
+    for (size_t l = 0; l < 32; l += N) {
+      const auto wq = (j % 2) ? LoadNibbles<true>(d16, q + l) : LoadNibbles<false>(d16, q + l);
+      sum0 = hn::ReorderWidenMulAccumulate(d32, wq, LoadI8AsI16(d16, xq + l), sum0, sum1);
+    }
+    acc = hn::Add(acc, hn::Mul(hn::Add(sum0, sum1), hn::Set(d32, sc)));
+  }
+  const float d = HalfToF32(w.d) * x.d;
+  const float dmin = HalfToF32(w.dmin) * x.d;
+  return hn::GetLane(hn::SumOfLanes(df, hn::Mul(hn::Set(df, d), hn::ConvertTo(df, acc)))) -
+         dmin * static_cast<float>(min_sum);
+}
+
+// Q6_K: value = d * scales[g] * (q - 32) for group g of 16, q 6 bits split
+// into ql nibbles and qh bit pairs (see blocks.h).
+HWY_INLINE float SuperBlockDot(const BlockQ6_K& w, const BlockQ8_K& x) {
+  const DI16 d16;
+  const DI32 d32;
+  const DF32 df;
+  const hn::RebindToUnsigned<DI16> du16;
+  const hn::Rebind<uint8_t, DI16> d8;
+  const size_t N = hn::Lanes(d16);
+  const auto low4 = hn::Set(du16, 0xF), low2 = hn::Set(du16, 3);
+  const auto bias = hn::Set(d16, 32);
+  auto acc = hn::Zero(d32);
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t* ql = w.ql + 64 * h;
+    const uint8_t* qh = w.qh + 32 * h;
+    const int8_t* sc = w.scales + 8 * h;
+    const int8_t* xq = x.qs + 128 * h;
+    for (size_t l = 0; l < 32; l += N) {
+      const auto lo = hn::PromoteTo(du16, hn::LoadU(d8, ql + l));
+      const auto lo32 = hn::PromoteTo(du16, hn::LoadU(d8, ql + 32 + l));
+      const auto hi = hn::PromoteTo(du16, hn::LoadU(d8, qh + l));
+      const hn::Vec<DI16> q[4] = {
+          hn::Sub(hn::BitCast(d16, hn::Or(hn::And(lo, low4), hn::ShiftLeft<4>(hn::And(hi, low2)))), bias),
+          hn::Sub(hn::BitCast(d16, hn::Or(hn::And(lo32, low4), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<2>(hi), low2)))), bias),
+          hn::Sub(hn::BitCast(d16, hn::Or(hn::ShiftRight<4>(lo), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<4>(hi), low2)))), bias),
+          hn::Sub(hn::BitCast(d16, hn::Or(hn::ShiftRight<4>(lo32), hn::ShiftLeft<4>(hn::ShiftRight<6>(hi)))), bias)};
+      const int group = static_cast<int>(l / 16);  // N <= 16 divides 16: one scale per vector
+      for (int k = 0; k < 4; ++k) {
+        auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
+        sum0 = hn::ReorderWidenMulAccumulate(d32, q[k], LoadI8AsI16(d16, xq + 32 * k + l), sum0, sum1);
+        acc = hn::Add(acc, hn::Mul(hn::Add(sum0, sum1), hn::Set(d32, sc[group + 2 * k])));
+      }
+    }
+  }
+  const float d = HalfToF32(w.d) * x.d;
+  return hn::GetLane(hn::SumOfLanes(df, hn::Mul(hn::Set(df, d), hn::ConvertTo(df, acc))));
+}
+
+template <class Block>
+HWY_INLINE float DotQ8KT(const Block* HWY_RESTRICT w, const BlockQ8_K* HWY_RESTRICT x, size_t nb) {
+  float sum = 0.0f;
+  for (size_t b = 0; b < nb; ++b) sum += SuperBlockDot(w[b], x[b]);
+  return sum;
+}
+
+float DotQ4_KQ8Impl(const void* w, const void* x, size_t nb) {
+  return DotQ8KT(static_cast<const BlockQ4_K*>(w), static_cast<const BlockQ8_K*>(x), nb);
+}
+float DotQ6_KQ8Impl(const void* w, const void* x, size_t nb) {
+  return DotQ8KT(static_cast<const BlockQ6_K*>(w), static_cast<const BlockQ8_K*>(x), nb);
+}
+
+float DotQ8_0Q8Impl(const void* w, const void* x, size_t nb) {
+  return DotQ8T(static_cast<const BlockQ8_0*>(w), static_cast<const BlockQ8_0*>(x), nb);
+}
+float DotQ4_0Q8Impl(const void* w, const void* x, size_t nb) {
+  return DotQ8T(static_cast<const BlockQ4_0*>(w), static_cast<const BlockQ8_0*>(x), nb);
+}
+
 int64_t TargetImpl() { return HWY_TARGET; }
 
 }  // namespace HWY_NAMESPACE
@@ -237,6 +413,10 @@ HWY_EXPORT(SoftmaxImpl);
 HWY_EXPORT(SiluMulImpl);
 HWY_EXPORT(F16ToF32Impl);
 HWY_EXPORT(BF16ToF32Impl);
+HWY_EXPORT(DotQ8_0Q8Impl);
+HWY_EXPORT(DotQ4_0Q8Impl);
+HWY_EXPORT(DotQ4_KQ8Impl);
+HWY_EXPORT(DotQ6_KQ8Impl);
 HWY_EXPORT(TargetImpl);
 
 float dot(const float* a, const float* b, size_t n) { return HWY_DYNAMIC_DISPATCH(DotImpl)(a, b, n); }
@@ -312,7 +492,100 @@ float dot_row(GgmlType type, const void* row, const float* x, int64_t n) {
   return sum;
 }
 
+GgmlType activation_type(GgmlType type, int64_t n) {
+  switch (type) {
+    case GgmlType::Q8_0:
+    case GgmlType::Q4_0:
+      return n % kQK == 0 ? GgmlType::Q8_0 : GgmlType::F32;
+    case GgmlType::Q4_K:
+    case GgmlType::Q6_K:
+      return n % kQK_K == 0 ? GgmlType::Q8_K : GgmlType::F32;
+    default:
+      return GgmlType::F32;
+  }
+}
+
+void quantize_activations(GgmlType type, const float* x, void* dst, int64_t n) {
+  if (activation_type(type, n) == GgmlType::Q8_0) {
+    quantize_row(GgmlType::Q8_0, x, dst, n);
+    return;
+  }
+  // Q8_K as ggml's quantize_row_q8_K_ref: scale -127 / (the value of largest
+  // magnitude, signed), round to nearest even, and the sum of each 16 quants.
+  auto* out = static_cast<BlockQ8_K*>(dst);
+  for (int64_t b = 0; b < n / kQK_K; ++b, x += kQK_K) {
+    BlockQ8_K blk{};
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < kQK_K; ++j) {
+      if (std::fabs(x[j]) > amax) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    if (amax != 0.0f) {
+      const float iscale = -127.0f / max;
+      for (int j = 0; j < kQK_K; ++j) {
+        blk.qs[j] = static_cast<int8_t>(std::min(127, static_cast<int>(std::nearbyint(iscale * x[j]))));
+      }
+      for (int g = 0; g < kQK_K / 16; ++g) {
+        int sum = 0;
+        for (int j = 0; j < 16; ++j) sum += blk.qs[16 * g + j];
+        blk.bsums[g] = static_cast<int16_t>(sum);
+      }
+      blk.d = 1.0f / iscale;
+    }
+    std::memcpy(out + b, &blk, sizeof blk);
+  }
+}
+
+float dot_row_q8(GgmlType type, const void* row, const void* x_q8, int64_t n) {
+  assert(activation_type(type, n) != GgmlType::F32);
+  switch (type) {
+    case GgmlType::Q8_0:
+      return HWY_DYNAMIC_DISPATCH(DotQ8_0Q8Impl)(row, x_q8, static_cast<size_t>(n / kQK));
+    case GgmlType::Q4_0:
+      return HWY_DYNAMIC_DISPATCH(DotQ4_0Q8Impl)(row, x_q8, static_cast<size_t>(n / kQK));
+    case GgmlType::Q4_K:
+      return HWY_DYNAMIC_DISPATCH(DotQ4_KQ8Impl)(row, x_q8, static_cast<size_t>(n / kQK_K));
+    case GgmlType::Q6_K:
+      return HWY_DYNAMIC_DISPATCH(DotQ6_KQ8Impl)(row, x_q8, static_cast<size_t>(n / kQK_K));
+    default:
+      return std::numeric_limits<float>::quiet_NaN();
+  }
+}
+
+namespace {
+
+// matmul for weights with quantized activations: every token's activations
+// are quantized once (Q8_0 or Q8_K), then each weight row is an integer dot
+// product per block.
+void matmul_q8(const TensorView& W, const float* x, float* y, int n_tokens, ThreadPool& pool) {
+  const int64_t n_in = W.ne[0];
+  const size_t no = static_cast<size_t>(W.ne[1]);
+  const size_t nt = static_cast<size_t>(n_tokens);
+  const size_t row_size = W.row_size();
+  const size_t xq_row = *row_bytes(activation_type(W.type, n_in), n_in);
+  std::vector<uint8_t> xq(nt * xq_row);  // [n_tokens] rows of Q8_0 / Q8_K blocks
+  for (size_t t = 0; t < nt; ++t) {
+    quantize_activations(W.type, x + t * static_cast<size_t>(n_in), xq.data() + t * xq_row, n_in);
+  }
+  const auto* base = static_cast<const uint8_t*>(W.data);
+  constexpr size_t kGrain = 16;
+  pool.parallel_for(no, [&](size_t begin, size_t end, int) {
+    for (size_t o = begin; o < end; ++o) {
+      const uint8_t* row = base + o * row_size;
+      for (size_t t = 0; t < nt; ++t) y[t * no + o] = dot_row_q8(W.type, row, xq.data() + t * xq_row, n_in);
+    }
+  }, kGrain);
+}
+
+}  // namespace
+
 void matmul(const TensorView& W, const float* x, float* y, int n_tokens, ThreadPool& pool) {
+  if (activation_type(W.type, W.ne[0]) != GgmlType::F32) {
+    matmul_q8(W, x, y, n_tokens, pool);
+    return;
+  }
   const int64_t n_in = W.ne[0];
   const int64_t n_out = W.ne[1];
   const size_t row_size = W.row_size();

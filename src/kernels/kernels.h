@@ -34,9 +34,25 @@ float max_value(const float* x, size_t n);
 // Dot product of one stored row of `type` (n elements) with a float vector.
 float dot_row(GgmlType type, const void* row, const float* x, int64_t n);
 
+// Type matmul quantizes the activations to for weights of `type` with rows
+// of n elements, as llama.cpp does: Q8_0 for Q8_0 and Q4_0, Q8_K for Q4_K and
+// Q6_K; F32 (not quantized) for every other type.
+GgmlType activation_type(GgmlType type, int64_t n);
+
+// dst = x[0..n) quantized to activation_type(type, n) (which must not be
+// F32): row_bytes(activation_type(type, n), n) bytes. Q8_0 as the quant
+// layer's quantize_row; Q8_K as ggml's quantize_row_q8_K_ref.
+void quantize_activations(GgmlType type, const float* x, void* dst, int64_t n);
+
+// Dot product of one row of `type` (n elements) with activations quantized by
+// quantize_activations: per block, an exact integer sum times the block
+// scales. Requires activation_type(type, n) != F32.
+float dot_row_q8(GgmlType type, const void* row, const void* x_q8, int64_t n);
+
 // y[t, o] = sum_i W[o, i] * x[t, i]  for t < n_tokens, o < W.ne[1].
 // W: ne = {n_in, n_out}, any type with can_dequantize(). x: [n_tokens, n_in].
-// y: [n_tokens, n_out]. Rows of W are split across the pool.
+// y: [n_tokens, n_out]. Rows of W are split across the pool. Where
+// activation_type(W.type, n_in) is not F32, x is first quantized per token.
 void matmul(const TensorView& W, const float* x, float* y, int n_tokens, ThreadPool& pool);
 
 // out[0..ne[0]) = row i of W, dequantized (embedding lookup).

@@ -14,6 +14,7 @@
 #include <limits>
 #include <vector>
 
+#include "quant/blocks.h"
 #include "quant/quant.h"
 #include "tensor/tensor.h"
 
@@ -131,11 +132,155 @@ inline float dot_row(GgmlType type, const void* row, const float* x, int64_t n) 
   return dot(w.data(), x, w.size());
 }
 
-// y[t, o] = sum_i W[o, i] * x[t, i], single-threaded.
+// ---- Q8_0 / Q4_0 weights with Q8_0 activations ----
+
+// Quant j of block b of a Q8_0 or Q4_0 row as a signed integer.
+inline int weight_quant(GgmlType type, const void* row, int64_t b, int j) {
+  const auto* bytes = static_cast<const uint8_t*>(row);
+  if (type == GgmlType::Q8_0) {
+    BlockQ8_0 blk;
+    std::memcpy(&blk, bytes + b * sizeof blk, sizeof blk);
+    return blk.qs[j];
+  }
+  BlockQ4_0 blk;
+  std::memcpy(&blk, bytes + b * sizeof blk, sizeof blk);
+  const int half = kQK / 2;
+  return (j < half ? blk.qs[j] & 0xF : blk.qs[j - half] >> 4) - 8;
+}
+
+// Scale (fp16 bits) of block b of a Q8_0 or Q4_0 row: the first field of both.
+inline uint16_t weight_scale(GgmlType type, const void* row, int64_t b) {
+  const size_t block = type == GgmlType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  uint16_t d;
+  std::memcpy(&d, static_cast<const uint8_t*>(row) + b * block, sizeof d);
+  return d;
+}
+
+// Integer dot product of block b of the weight row with block b of x_q8.
+inline int32_t block_sum_q8(GgmlType type, const void* row, const void* x_q8, int64_t b) {
+  BlockQ8_0 xb;
+  std::memcpy(&xb, static_cast<const uint8_t*>(x_q8) + b * sizeof xb, sizeof xb);
+  int32_t sum = 0;
+  for (int j = 0; j < kQK; ++j) sum += weight_quant(type, row, b, j) * xb.qs[j];
+  return sum;
+}
+
+// sum_b (d_w * d_x) * block_sum, the block scale product rounded to float as
+// the kernel does, the total accumulated in double.
+inline float dot_row_q8(GgmlType type, const void* row, const void* x_q8, int64_t n) {
+  double sum = 0;
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    uint16_t xd;
+    std::memcpy(&xd, static_cast<const uint8_t*>(x_q8) + b * sizeof(BlockQ8_0), sizeof xd);
+    const float scale = half_to_float(weight_scale(type, row, b)) * half_to_float(xd);
+    sum += static_cast<double>(scale) * block_sum_q8(type, row, x_q8, b);
+  }
+  return static_cast<float>(sum);
+}
+
+// ---- K-quant weights with Q8_K activations ----
+
+// Q8_K as ggml's quantize_row_q8_K_ref: per 256, d = max / -127 where max is
+// the value of largest magnitude, q = min(127, round-half-even(x / d)).
+inline std::vector<BlockQ8_K> quantize_q8_K(const float* x, int64_t n) {
+  std::vector<BlockQ8_K> out(static_cast<size_t>(n / kQK_K));
+  for (size_t b = 0; b < out.size(); ++b, x += kQK_K) {
+    BlockQ8_K& blk = out[b];
+    blk = BlockQ8_K{};
+    float max = 0;
+    for (int j = 0; j < kQK_K; ++j) max = std::fabs(x[j]) > std::fabs(max) ? x[j] : max;
+    if (max == 0) continue;
+    const float iscale = -127.0f / max;
+    for (int j = 0; j < kQK_K; ++j) {
+      const long q = std::lrint(iscale * x[j]);  // default rounding mode: to nearest even
+      blk.qs[j] = static_cast<int8_t>(q > 127 ? 127 : q);
+      blk.bsums[j / 16] = static_cast<int16_t>(blk.bsums[j / 16] + blk.qs[j]);
+    }
+    blk.d = 1.0f / iscale;
+  }
+  return out;
+}
+
+// Weight quant i (0..255) of a Q4_K super-block with its sub-block scale and min.
+inline void q4_K_quant(const BlockQ4_K& w, int i, int* q, int* sc, int* m) {
+  const int chunk = i / 64, l = i % 64;
+  const uint8_t byte = w.qs[32 * chunk + l % 32];
+  *q = l < 32 ? byte & 0xF : byte >> 4;
+  uint8_t s8, m8;
+  k_scale_min(i / 32, w.scales, &s8, &m8);
+  *sc = s8;
+  *m = m8;
+}
+
+// Weight quant i (0..255) of a Q6_K super-block (minus 32) with its scale.
+inline void q6_K_quant(const BlockQ6_K& w, int i, int* q, int* sc) {
+  const int h = i / 128, r = i % 128, k = r / 32, l = r % 32;
+  const uint8_t lo = w.ql[64 * h + 32 * (k % 2) + l];
+  const int low = k < 2 ? lo & 0xF : lo >> 4;
+  const int high = (w.qh[32 * h + l] >> (2 * k)) & 3;
+  *q = (low | high << 4) - 32;
+  *sc = w.scales[8 * h + 2 * k + l / 16];
+}
+
+inline float dot_row_q8_K(GgmlType type, const void* row, const BlockQ8_K* x, int64_t n) {
+  double sum = 0;
+  for (int64_t b = 0; b < n / kQK_K; ++b) {
+    const BlockQ8_K& xb = x[b];
+    if (type == GgmlType::Q4_K) {
+      BlockQ4_K w;
+      std::memcpy(&w, static_cast<const uint8_t*>(row) + b * sizeof w, sizeof w);
+      int64_t scaled = 0, mins = 0;
+      for (int i = 0; i < kQK_K; ++i) {
+        int q, sc, m;
+        q4_K_quant(w, i, &q, &sc, &m);
+        scaled += static_cast<int64_t>(sc) * q * xb.qs[i];
+        mins += static_cast<int64_t>(m) * xb.qs[i];
+      }
+      sum += static_cast<double>(half_to_float(w.d) * xb.d) * scaled -
+             static_cast<double>(half_to_float(w.dmin) * xb.d) * mins;
+    } else {
+      BlockQ6_K w;
+      std::memcpy(&w, static_cast<const uint8_t*>(row) + b * sizeof w, sizeof w);
+      int64_t scaled = 0;
+      for (int i = 0; i < kQK_K; ++i) {
+        int q, sc;
+        q6_K_quant(w, i, &q, &sc);
+        scaled += static_cast<int64_t>(sc) * q * xb.qs[i];
+      }
+      sum += static_cast<double>(half_to_float(w.d) * xb.d) * scaled;
+    }
+  }
+  return static_cast<float>(sum);
+}
+
+inline GgmlType activation_type(GgmlType type, int64_t n) {
+  if ((type == GgmlType::Q8_0 || type == GgmlType::Q4_0) && n % kQK == 0) return GgmlType::Q8_0;
+  if ((type == GgmlType::Q4_K || type == GgmlType::Q6_K) && n % kQK_K == 0) return GgmlType::Q8_K;
+  return GgmlType::F32;
+}
+
+// Dot of a weight row with float activations x as matmul computes it:
+// x quantized to activation_type first where that is not F32.
+inline float matmul_dot(GgmlType type, const void* row, const float* x, int64_t n) {
+  switch (activation_type(type, n)) {
+    case GgmlType::Q8_0: {
+      std::vector<uint8_t> xq(*row_bytes(GgmlType::Q8_0, n));
+      quantize_row(GgmlType::Q8_0, x, xq.data(), n);
+      return dot_row_q8(type, row, xq.data(), n);
+    }
+    case GgmlType::Q8_K:
+      return dot_row_q8_K(type, row, quantize_q8_K(x, n).data(), n);
+    default:
+      return dot_row(type, row, x, n);
+  }
+}
+
+// y[t, o] = sum_i W[o, i] * x[t, i], single-threaded, with activations
+// quantized as matmul_dot describes.
 inline void matmul(const TensorView& W, const float* x, float* y, int n_tokens) {
   const int64_t n_in = W.ne[0], n_out = W.ne[1];
   for (int64_t o = 0; o < n_out; ++o) {
-    for (int t = 0; t < n_tokens; ++t) y[t * n_out + o] = dot_row(W.type, W.row(o), x + t * n_in, n_in);
+    for (int t = 0; t < n_tokens; ++t) y[t * n_out + o] = matmul_dot(W.type, W.row(o), x + t * n_in, n_in);
   }
 }
 

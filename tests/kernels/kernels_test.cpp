@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -30,6 +31,7 @@
 #include <gtest/gtest.h>
 
 #include "kernels/kernels_ref.h"
+#include "quant/blocks.h"
 #include "quant/quant.h"
 
 namespace engram::kernels {
@@ -443,6 +445,68 @@ double row_abs_dot(const Weights& w, int64_t o, const float* x) {
   return abs_dot(row, x);
 }
 
+// sum_b |d_w * d_x| * sum_j |w_j x_j|: scale for the float rounding of a
+// Q8_0-activation dot (the block sums themselves are exact).
+double abs_dot_q8(GgmlType type, const void* row, const void* x_q8, int64_t n) {
+  double s = 0;
+  for (int64_t b = 0; b < n / 32; ++b) {
+    BlockQ8_0 xb;
+    std::memcpy(&xb, static_cast<const uint8_t*>(x_q8) + b * sizeof xb, sizeof xb);
+    int64_t abs_sum = 0;
+    for (int j = 0; j < 32; ++j) abs_sum += std::abs(ref::weight_quant(type, row, b, j) * xb.qs[j]);
+    s += std::fabs(static_cast<double>(ref::half_to_float(ref::weight_scale(type, row, b))) *
+                   ref::half_to_float(xb.d)) * static_cast<double>(abs_sum);
+  }
+  return s;
+}
+
+// Bound for a float sum of n_blocks scaled block sums spread over at most 16
+// lanes each (see the tolerance note at the top).
+double dot_q8_tolerance(int64_t n, double abs_sum) { return dot_tolerance(static_cast<size_t>(n / 32 + 16), abs_sum); }
+
+// sum_b |d_w d_x| sum |sc q xq| + |dmin_w d_x| sum |m xq| for K-quant rows
+// with Q8_K activations: the scale of their float rounding.
+double abs_dot_q8_K(GgmlType type, const void* row, const BlockQ8_K* x, int64_t n) {
+  double s = 0;
+  for (int64_t b = 0; b < n / 256; ++b) {
+    int64_t scaled = 0, mins = 0;
+    double d = 0, dmin = 0;
+    if (type == GgmlType::Q4_K) {
+      BlockQ4_K w;
+      std::memcpy(&w, static_cast<const uint8_t*>(row) + b * sizeof w, sizeof w);
+      for (int i = 0; i < 256; ++i) {
+        int q, sc, m;
+        ref::q4_K_quant(w, i, &q, &sc, &m);
+        scaled += std::abs(sc * q * x[b].qs[i]);
+        mins += std::abs(m * x[b].qs[i]);
+      }
+      d = ref::half_to_float(w.d);
+      dmin = ref::half_to_float(w.dmin);
+    } else {
+      BlockQ6_K w;
+      std::memcpy(&w, static_cast<const uint8_t*>(row) + b * sizeof w, sizeof w);
+      for (int i = 0; i < 256; ++i) {
+        int q, sc;
+        ref::q6_K_quant(w, i, &q, &sc);
+        scaled += std::abs(sc * q * x[b].qs[i]);
+      }
+      d = ref::half_to_float(w.d);
+    }
+    s += std::fabs(d * x[b].d) * static_cast<double>(scaled) + std::fabs(dmin * x[b].d) * static_cast<double>(mins);
+  }
+  return s;
+}
+
+// Super-block sums are rounded to float once (they may exceed 2^24), then
+// summed over super-blocks and lanes.
+double dot_q8_K_tolerance(int64_t n, double abs_sum) { return dot_tolerance(static_cast<size_t>(n / 256 + 16 + 4), abs_sum); }
+
+std::vector<uint8_t> quantize_q8(const float* x, int64_t n) {
+  std::vector<uint8_t> q(*row_bytes(GgmlType::Q8_0, n));
+  quantize_row(GgmlType::Q8_0, x, q.data(), n);
+  return q;
+}
+
 void check_matmul(GgmlType type, int64_t n_in) {
   const int64_t n_out = 37;  // odd, and more than 2 grains so 3 threads all get rows
   const Weights w = make_weights(type, n_in, n_out, 21 + static_cast<uint32_t>(n_in));
@@ -458,11 +522,18 @@ void check_matmul(GgmlType type, int64_t n_in) {
         for (int64_t o = 0; o < n_out; ++o) {
           const float* xt = x.data() + t * n_in;
           const double tol = dot_tolerance(static_cast<size_t>(n_in), row_abs_dot(w, o, xt));
-          ASSERT_NEAR(got[t * n_out + o], want[t * n_out + o], tol)
+          // Q8_0 / Q4_0 / Q4_K / Q6_K: matmul sees x quantized, as ref::matmul does.
+          double mm_tol = tol;
+          if (ref::activation_type(type, n_in) == GgmlType::Q8_0) {
+            mm_tol = dot_q8_tolerance(n_in, abs_dot_q8(type, W.row(o), quantize_q8(xt, n_in).data(), n_in));
+          } else if (ref::activation_type(type, n_in) == GgmlType::Q8_K) {
+            mm_tol = dot_q8_K_tolerance(n_in, abs_dot_q8_K(type, W.row(o), ref::quantize_q8_K(xt, n_in).data(), n_in));
+          }
+          ASSERT_NEAR(got[t * n_out + o], want[t * n_out + o], mm_tol)
               << type_traits(type).name << " n_in=" << n_in << " threads=" << threads << " n_tokens=" << n_tokens
               << " t=" << t << " o=" << o;
-          // dot_row on the same row agrees too.
-          ASSERT_NEAR(dot_row(type, W.row(o), xt, n_in), want[t * n_out + o], tol);
+          // dot_row (float activations) on the same row agrees with its reference.
+          ASSERT_NEAR(dot_row(type, W.row(o), xt, n_in), ref::dot_row(type, W.row(o), xt, n_in), tol);
         }
       }
     }
@@ -490,6 +561,179 @@ TEST(Kernels, MatmulQuantizedTypes) {
       ASSERT_TRUE(can_dequantize(type) && can_quantize(type)) << type_traits(type).name;
       // 768 = three of dot_row's 256-element chunks.
       for (int64_t n_in : {256, 768}) check_matmul(type, n_in);
+    }
+  });
+}
+
+// ---- Q8_0 / Q4_0 weights with Q8_0 activations ----
+
+// Blocks of random quants whose scales are powers of two (weights 0.5, 1, 2
+// cycling; activations 1): every product and partial sum is an integer below
+// 2^24, so the float result is exact and must equal the integer sum exactly.
+TEST(Kernels, DotRowQ8BlockSumsAreExact) {
+  std::mt19937 rng(31);
+  const uint16_t kPow2[] = {0x3800, 0x3C00, 0x4000};  // 0.5, 1, 2 as halves
+  for (GgmlType type : {GgmlType::Q8_0, GgmlType::Q4_0}) {
+    for (int64_t nb : {1, 2, 3, 5, 16}) {
+      const int64_t n = nb * 32;
+      std::vector<uint8_t> row(*row_bytes(type, n)), xq(*row_bytes(GgmlType::Q8_0, n));
+      for (uint8_t& byte : row) byte = static_cast<uint8_t>(rng());
+      for (uint8_t& byte : xq) byte = static_cast<uint8_t>(rng());
+      const size_t wblock = *row_bytes(type, 32);
+      double want = 0;
+      for (int64_t b = 0; b < nb; ++b) {
+        std::memcpy(row.data() + b * wblock, &kPow2[b % 3], 2);
+        BlockQ8_0 xb;
+        std::memcpy(&xb, xq.data() + b * sizeof xb, sizeof xb);
+        xb.d = 0x3C00;
+        for (int8_t& q : xb.qs) q = q == -128 ? -127 : q;  // Q8_0 activations are in [-127, 127]
+        std::memcpy(xq.data() + b * sizeof xb, &xb, sizeof xb);
+        want += ref::half_to_float(kPow2[b % 3]) * ref::block_sum_q8(type, row.data(), xq.data(), b);
+      }
+      ASSERT_LT(std::fabs(want), 1 << 24);
+      EXPECT_EQ(ref::dot_row_q8(type, row.data(), xq.data(), n), want);
+      const auto targets = for_each_target([&] {
+        EXPECT_EQ(dot_row_q8(type, row.data(), xq.data(), n), want) << type_traits(type).name << " nb=" << nb;
+      });
+      EXPECT_FALSE(targets.empty());
+    }
+  }
+}
+
+// The reference's reading of the blocks agrees with the quant layer's
+// dequantization (itself tested bit-exact against ggml in tests/quant).
+TEST(Kernels, Q8ReferenceReadsBlocksLikeDequantize) {
+  for (GgmlType type : {GgmlType::Q8_0, GgmlType::Q4_0}) {
+    const int64_t n = 96;
+    const Weights w = make_weights(type, n, 1, 32);
+    std::vector<float> values(static_cast<size_t>(n));
+    dequantize_row(type, w.bytes.data(), values.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const float d = ref::half_to_float(ref::weight_scale(type, w.bytes.data(), i / 32));
+      ASSERT_EQ(values[i], d * static_cast<float>(ref::weight_quant(type, w.bytes.data(), i / 32, i % 32)))
+          << type_traits(type).name << " i=" << i;
+    }
+  }
+}
+
+TEST(Kernels, DotRowQ8MatchesReference) {
+  for_each_target([] {
+    for (GgmlType type : {GgmlType::Q8_0, GgmlType::Q4_0}) {
+      for (int64_t n : {32, 64, 96, 4096}) {
+        const Weights w = make_weights(type, n, 1, 33 + static_cast<uint32_t>(n));
+        const auto x = random_floats(static_cast<size_t>(n), -3, 3, 34 + static_cast<uint32_t>(n));
+        const auto xq = quantize_q8(x.data(), n);
+        const float want = ref::dot_row_q8(type, w.bytes.data(), xq.data(), n);
+        EXPECT_NEAR(dot_row_q8(type, w.bytes.data(), xq.data(), n), want,
+                    dot_q8_tolerance(n, abs_dot_q8(type, w.bytes.data(), xq.data(), n)))
+            << type_traits(type).name << " n=" << n;
+        // And the quantized-activation dot is close to the float one: the
+        // activation rounding is at most half a step (amax / 254) per element.
+        EXPECT_NEAR(want, ref::dot_row(type, w.bytes.data(), x.data(), n), 0.02 * std::sqrt(static_cast<double>(n)))
+            << type_traits(type).name << " n=" << n;
+      }
+    }
+  });
+}
+
+// ---- K-quant weights with Q8_K activations ----
+
+TEST(Kernels, Q8KActivationsMatchReference) {
+  for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
+    ASSERT_EQ(activation_type(type, 512), GgmlType::Q8_K);
+    auto x = random_floats(1024, -2, 2, 41);
+    std::fill(x.begin() + 256, x.begin() + 512, 0.0f);  // an all-zero super-block
+    x[700] = -5.0f;                                      // largest magnitude negative
+    std::vector<uint8_t> got(*row_bytes(GgmlType::Q8_K, 1024));
+    quantize_activations(type, x.data(), got.data(), 1024);
+    const auto want = ref::quantize_q8_K(x.data(), 1024);
+    ASSERT_EQ(got.size(), want.size() * sizeof(BlockQ8_K));
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size()), 0) << type_traits(type).name;
+    EXPECT_EQ(want[2].qs[700 - 512], -127);
+  }
+  EXPECT_EQ(activation_type(GgmlType::Q4_K, 100), GgmlType::F32);
+  EXPECT_EQ(activation_type(GgmlType::F16, 512), GgmlType::F32);
+  EXPECT_EQ(activation_type(GgmlType::Q8_0, 64), GgmlType::Q8_0);
+}
+
+// Scales 1 and small activation quants: every sum is an integer below 2^24,
+// so each target must return the reference's integer exactly.
+TEST(Kernels, DotRowQ8KSumsAreExact) {
+  std::mt19937 rng(42);
+  for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
+    for (int64_t nb : {1, 2}) {
+      const int64_t n = nb * 256;
+      std::vector<uint8_t> row(*row_bytes(type, n));
+      for (uint8_t& byte : row) byte = static_cast<uint8_t>(rng());
+      std::vector<BlockQ8_K> x(static_cast<size_t>(nb));
+      const size_t wblock = *row_bytes(type, 256);
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint16_t one = 0x3C00;
+        if (type == GgmlType::Q4_K) {
+          std::memcpy(row.data() + b * wblock, &one, 2);      // d
+          std::memcpy(row.data() + b * wblock + 2, &one, 2);  // dmin
+        } else {
+          std::memcpy(row.data() + b * wblock + offsetof(BlockQ6_K, d), &one, 2);
+        }
+        x[b] = BlockQ8_K{};
+        x[b].d = 1.0f;
+        for (int i = 0; i < 256; ++i) {
+          x[b].qs[i] = static_cast<int8_t>(static_cast<int>(rng() % 9) - 4);
+          x[b].bsums[i / 16] = static_cast<int16_t>(x[b].bsums[i / 16] + x[b].qs[i]);
+        }
+      }
+      const float want = ref::dot_row_q8_K(type, row.data(), x.data(), n);
+      ASSERT_LT(std::fabs(want), 1 << 23);
+      for_each_target([&] {
+        EXPECT_EQ(dot_row_q8(type, row.data(), x.data(), n), want) << type_traits(type).name << " nb=" << nb;
+      });
+    }
+  }
+}
+
+// The reference's reading of K-quant blocks agrees with dequantize_row.
+TEST(Kernels, Q8KReferenceReadsBlocksLikeDequantize) {
+  for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
+    const Weights w = make_weights(type, 256, 1, 43);
+    std::vector<float> values(256);
+    dequantize_row(type, w.bytes.data(), values.data(), 256);
+    for (int i = 0; i < 256; ++i) {
+      float v;
+      if (type == GgmlType::Q4_K) {
+        BlockQ4_K b;
+        std::memcpy(&b, w.bytes.data(), sizeof b);
+        int q, sc, m;
+        ref::q4_K_quant(b, i, &q, &sc, &m);
+        v = ref::half_to_float(b.d) * static_cast<float>(sc) * static_cast<float>(q) -
+            ref::half_to_float(b.dmin) * static_cast<float>(m);
+      } else {
+        BlockQ6_K b;
+        std::memcpy(&b, w.bytes.data(), sizeof b);
+        int q, sc;
+        ref::q6_K_quant(b, i, &q, &sc);
+        v = ref::half_to_float(b.d) * static_cast<float>(sc) * static_cast<float>(q);
+      }
+      ASSERT_NEAR(values[i], v, 1e-6f * (1 + std::fabs(v))) << type_traits(type).name << " i=" << i;
+    }
+  }
+}
+
+TEST(Kernels, DotRowQ8KMatchesReference) {
+  for_each_target([] {
+    for (GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
+      for (int64_t n : {256, 512, 4096}) {
+        const Weights w = make_weights(type, n, 1, 44 + static_cast<uint32_t>(n));
+        const auto x = random_floats(static_cast<size_t>(n), -3, 3, 45 + static_cast<uint32_t>(n));
+        std::vector<uint8_t> xq(*row_bytes(GgmlType::Q8_K, n));
+        quantize_activations(type, x.data(), xq.data(), n);
+        const auto xr = ref::quantize_q8_K(x.data(), n);
+        const float want = ref::dot_row_q8_K(type, w.bytes.data(), xr.data(), n);
+        EXPECT_NEAR(dot_row_q8(type, w.bytes.data(), xq.data(), n), want,
+                    dot_q8_K_tolerance(n, abs_dot_q8_K(type, w.bytes.data(), xr.data(), n)))
+            << type_traits(type).name << " n=" << n;
+        EXPECT_NEAR(want, ref::dot_row(type, w.bytes.data(), x.data(), n), 0.02 * std::sqrt(static_cast<double>(n)))
+            << type_traits(type).name << " n=" << n;
+      }
     }
   });
 }
