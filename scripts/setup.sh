@@ -10,6 +10,8 @@ PACKAGES=(
   nlohmann-json3-dev    # JSON manifests and reports
   libcli11-dev          # command-line parsing
   libgtest-dev libgmock-dev   # unit tests
+  libstb-dev            # PNG heatmaps of `engram bench niah`
+  bible-kjv bible-kjv-text    # default haystack and text of the benchmarks (public-domain KJV)
 )
 
 missing=()

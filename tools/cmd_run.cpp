@@ -1,4 +1,5 @@
 // engram run: generate text from a prompt, streamed to stdout.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <random>
@@ -7,6 +8,7 @@
 #include "common.h"
 #include "model/model.h"
 #include "runtime/generate.h"
+#include "runtime/progress.h"
 
 namespace engram::tools {
 namespace {
@@ -20,6 +22,7 @@ struct RunOptions {
   bool parse_special = false;
   int64_t seed = -1;
   GenerateParams gen;
+  MemoryFlags memory;
 };
 
 void write_out(const std::string& s) {
@@ -36,19 +39,52 @@ int run(RunOptions& o) {
   std::vector<TokenId> prompt = tok.encode(o.prompt, /*add_special=*/true, o.parse_special);
   o.gen.sampler.seed = o.seed >= 0 ? static_cast<uint64_t>(o.seed) : std::random_device{}();
 
+  // Context: -c, else the default one, grown to hold the prompt and the
+  // tokens to generate (a long prompt then runs on engram memory, below).
+  const ModelConfig& cfg = (*model)->config();
+  int64_t n_ctx = resolve_context(cfg, o.ctx_size);
+  if (o.ctx_size <= 0) {
+    const int64_t need = static_cast<int64_t>(prompt.size()) + std::max(o.gen.n_predict, 0);
+    n_ctx = std::max(n_ctx, need);
+  }
+  const std::string kind = choose_memory_kind(o.memory.kind, n_ctx, cfg.n_ctx_train);
+  auto mem_opts = memory_options(o.memory);
+  if (!mem_opts) return fail(mem_opts.error().message);
+  auto memory = make_memory(kind, (*model)->memory_layout(n_ctx), *mem_opts);
+  if (!memory) return fail("--memory: " + memory.error().message);
+  if (kind == "dense" && cfg.n_ctx_train > 0 && n_ctx > cfg.n_ctx_train) {
+    std::fprintf(stderr,
+                 "engram: warning: dense attention over %lld positions, beyond the model's training context of "
+                 "%lld: expect degraded output (--memory engram keeps it in range)\n",
+                 static_cast<long long>(n_ctx), static_cast<long long>(cfg.n_ctx_train));
+  }
+
   ThreadPool pool(o.threads);
-  Session session(**model, pool, o.ctx_size);
+  Session session(**model, pool, n_ctx, std::move(*memory));
   // Checked before anything is printed (generate() checks it too).
   if (static_cast<int64_t>(prompt.size()) > session.n_ctx()) {
     return fail("prompt has " + std::to_string(prompt.size()) + " tokens but the context holds " +
                 std::to_string(session.n_ctx()) + " (see --ctx-size)");
   }
   TokenPrinter printer(tok);
+  std::string echo;
   for (TokenId id : prompt) {
     std::string text = printer.push(id);  // keeps the printer's state right even without --echo
-    if (o.echo) write_out(text);
+    if (o.echo) echo += text;
   }
-  std::fflush(stdout);
+
+  // Long prompts are prefilled in batches under a progress bar; the echo is
+  // printed once the bar has finished its line.
+  const bool bar_on = show_progress(o.memory) && static_cast<int64_t>(prompt.size()) > o.gen.n_batch;
+  ProgressBar bar("prefill", static_cast<int64_t>(prompt.size()), bar_on);
+  o.gen.on_prompt_progress = [&](int64_t done, int64_t total) {
+    bar.update(done, session.memory().bytes_used());
+    if (done == total) {
+      bar.finish();
+      write_out(echo);
+      std::fflush(stdout);
+    }
+  };
 
   auto stats = generate(session, prompt, o.gen, [&](TokenId id) {
     write_out(printer.push(id));
@@ -61,6 +97,8 @@ int run(RunOptions& o) {
   if (!stats) return fail(stats.error().message);
   std::string line = stats->summary();
   if (o.gen.sampler.temperature > 0) line += " | seed " + std::to_string(o.gen.sampler.seed);
+  line += " | memory " + kind + " " + format_bytes(session.memory().bytes_used()) + " | peak RSS " +
+          format_bytes(peak_rss_bytes());
   std::fprintf(stderr, "%s\n", line.c_str());
   return 0;
 }
@@ -86,7 +124,8 @@ Command add_run_command(CLI::App& parent) {
   app->add_option("--repeat-last-n", o->gen.sampler.penalty_last_n, "Tokens the penalties look back on (-1: all)")
       ->capture_default_str();
   app->add_option("-s,--seed", o->seed, "Random seed (-1: random)")->capture_default_str();
-  app->add_option("-c,--ctx-size", o->ctx_size, "Context length (0: the model's, at most 4096)")
+  app->add_option("-c,--ctx-size", o->ctx_size,
+                  "Context length (0: the model's, at most 4096, grown to fit the prompt and -n)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app->add_option("-b,--batch-size", o->gen.n_batch, "Prompt tokens per forward pass")
@@ -96,6 +135,10 @@ Command add_run_command(CLI::App& parent) {
   app->add_flag("--echo", o->echo, "Print the prompt before the generated text");
   app->add_flag("--special", o->parse_special, "Parse special-token text (e.g. <s>) in the prompt");
   add_threads_option(app, o->threads);
+  add_memory_options(app, o->memory,
+                     "Attention memory: dense, window or engram (default: dense when the context fits the "
+                     "model's training context, else engram)",
+                     /*top_k_alias=*/false);
   return {app, [o] { return run(*o); }};
 }
 

@@ -21,5 +21,6 @@ Command add_tokenize_command(CLI::App& parent);
 Command add_info_command(CLI::App& parent);
 Command add_quantize_command(CLI::App& parent);
 Command add_convert_llama2c_command(CLI::App& parent);
+Command add_bench_command(CLI::App& parent);
 
 }  // namespace engram::tools

@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "runtime/progress.h"
+
 namespace engram::tools {
 
 std::string default_model_path() {
@@ -76,6 +78,69 @@ std::string join_ids(const std::vector<TokenId>& ids) {
     s += std::to_string(ids[i]);
   }
   return s;
+}
+
+void add_memory_options(CLI::App* app, MemoryFlags& f, const std::string& kind_help, bool top_k_alias) {
+  app->add_option("--memory", f.kind, kind_help);
+  app->add_option("--sinks", f.options.sinks, "First positions always attended exactly (window, engram)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app->add_option("--window", f.options.window, "Most recent positions always attended exactly (window, engram)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app->add_option("--block-size", f.options.block_size, "Positions per retrievable block (engram)")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app->add_option(top_k_alias ? "--top-blocks,--top-k" : "--top-blocks", f.options.top_k,
+                  "Blocks attended per layer and KV head (engram)")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app->add_option("--memory-budget", f.budget,
+                  "RAM cap of the attention memory, e.g. 2GiB; older blocks spill to a file (engram; default: no cap)");
+  app->add_option("--kv-compression", f.compression, "Storage of retrievable blocks: f32, fp16 or int8 (engram)")
+      ->capture_default_str();
+  app->add_option("--spill-file", f.options.spill_path, "Spill file for --memory-budget (default: a temp file)");
+  app->add_flag("--progress", f.progress, "Show the prefill progress bar even when stderr is not a terminal");
+  app->add_flag("--no-progress", f.no_progress, "Never show the prefill progress bar");
+}
+
+Expected<EngramMemoryOptions> memory_options(const MemoryFlags& f) {
+  EngramMemoryOptions o = f.options;
+  auto c = parse_block_compression(f.compression);
+  if (!c) return make_error("--kv-compression: ", c.error().message);
+  o.compression = *c;
+  if (!f.budget.empty()) {
+    auto b = parse_byte_size(f.budget);
+    if (!b) return make_error("--memory-budget: ", b.error().message);
+    o.memory_budget_bytes = static_cast<size_t>(*b);
+  }
+  return o;
+}
+
+std::string choose_memory_kind(const std::string& requested, int64_t n_ctx, int64_t n_ctx_train) {
+  if (!requested.empty() && requested != "auto") return requested;
+  return (n_ctx_train <= 0 || n_ctx <= n_ctx_train) ? "dense" : "engram";
+}
+
+Expected<std::vector<std::string>> parse_memory_kinds(const std::string& list) {
+  std::vector<std::string> kinds;
+  size_t pos = 0;
+  while (pos <= list.size()) {
+    size_t comma = list.find(',', pos);
+    if (comma == std::string::npos) comma = list.size();
+    std::string k = list.substr(pos, comma - pos);
+    if (k != "dense" && k != "window" && k != "engram" && k != "auto") {
+      return make_error("--memory: unknown memory '", k, "' in '", list, "' (expected dense, window, engram or auto)");
+    }
+    kinds.push_back(k);
+    pos = comma + 1;
+  }
+  return kinds;
+}
+
+bool show_progress(const MemoryFlags& f) {
+  if (f.no_progress) return false;
+  return f.progress || stderr_is_tty();
 }
 
 }  // namespace engram::tools

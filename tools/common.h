@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "memory/memory.h"
 #include "tokenizer/tokenizer.h"
 #include "util/status.h"
 
@@ -34,5 +35,35 @@ Status check_token_ids(const std::vector<TokenId>& ids, int n_vocab);
 
 // "1 2 3"
 std::string join_ids(const std::vector<TokenId>& ids);
+
+// The attention-memory flags of run and the benchmarks.
+struct MemoryFlags {
+  std::string kind;            // --memory: "" = auto (see choose_memory_kind); benches: a comma list
+  EngramMemoryOptions options; // --sinks --window --block-size --top-blocks
+  std::string budget;          // --memory-budget, e.g. "2GiB" ("" = no cap)
+  std::string compression = "fp16";  // --kv-compression
+  bool progress = false;       // --progress: show the prefill progress bar even when stderr is no terminal
+  bool no_progress = false;    // --no-progress
+};
+
+// Adds --memory, --sinks, --window, --block-size, --top-blocks (benches also
+// --top-k: run's --top-k is the sampler's), --memory-budget, --kv-compression,
+// --spill-file, --progress, --no-progress. `kind_help` describes --memory.
+void add_memory_options(CLI::App* app, MemoryFlags& flags, const std::string& kind_help, bool top_k_alias);
+
+// The EngramMemoryOptions the flags ask for; errors name the flag.
+Expected<EngramMemoryOptions> memory_options(const MemoryFlags& flags);
+
+// The memory to use for a context of n_ctx positions: `requested` when set,
+// else dense when the context fits the model's training context (exact, and
+// nothing is lost), else engram (dense attention beyond the trained length
+// leaves the model's distribution, and its KV grows without bound).
+std::string choose_memory_kind(const std::string& requested, int64_t n_ctx, int64_t n_ctx_train);
+
+// "dense,engram" -> {"dense", "engram"}; error names an unknown kind.
+Expected<std::vector<std::string>> parse_memory_kinds(const std::string& list);
+
+// Whether to draw the prefill progress bar: --progress, or stderr is a terminal (and not --no-progress).
+bool show_progress(const MemoryFlags& flags);
 
 }  // namespace engram::tools

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   std::vector<Command> commands = {
       add_run_command(app),     add_logits_command(app),   add_tokenize_command(app),
       add_info_command(app),    add_quantize_command(app), add_convert_llama2c_command(app),
+      add_bench_command(app),
   };
   try {
     app.parse(argc, argv);

@@ -26,7 +26,8 @@ Session::Session(Model& model, ThreadPool& pool, int64_t n_ctx, std::unique_ptr<
       memory_(memory ? std::move(memory) : make_dense_memory(model.memory_layout(n_ctx_))),
       last_logits_(static_cast<size_t>(model.config().n_vocab), 0.0f) {}
 
-Status Session::decode(std::span<const TokenId> tokens, int n_batch, std::vector<float>* all_logits) {
+Status Session::decode(std::span<const TokenId> tokens, int n_batch, std::vector<float>* all_logits,
+                       const ProgressFn& progress) {
   if (tokens.empty()) return Status::ok();
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n_past_ + n > n_ctx_) {
@@ -48,6 +49,7 @@ Status Session::decode(std::span<const TokenId> tokens, int n_batch, std::vector
     ENGRAM_RETURN_IF_ERROR(model_.forward(chunk, n_past_, 0, *memory_, out, all_logits != nullptr, pool_));
     ENGRAM_RETURN_IF_ERROR(memory_->last_error());  // e.g. a spilled block that could not be read back
     n_past_ += len;
+    if (progress) progress(i + len, n);
   }
   if (all_logits != nullptr) {
     const float* last = all_logits->data() + all_logits->size() - n_vocab;
@@ -91,7 +93,7 @@ Expected<GenerateStats> generate(Session& session, std::span<const TokenId> prom
   stats.n_prompt = static_cast<int>(prompt.size());
 
   auto t0 = std::chrono::steady_clock::now();
-  ENGRAM_RETURN_IF_ERROR(session.decode(prompt, params.n_batch));
+  ENGRAM_RETURN_IF_ERROR(session.decode(prompt, params.n_batch, nullptr, params.on_prompt_progress));
   stats.prompt_seconds = seconds_since(t0);
 
   Sampler sampler(params.sampler);

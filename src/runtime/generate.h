@@ -27,7 +27,10 @@ inline constexpr int64_t kDefaultMaxContext = 4096;
 // The context a session gets for a requested n_ctx (<= 0: the default above).
 int64_t resolve_context(const ModelConfig& config, int64_t requested);
 
-// One sequence in a dense KV memory, and the position reached in it.
+// Called after each forward batch of a long decode: tokens done and total.
+using ProgressFn = std::function<void(int64_t done, int64_t total)>;
+
+// One sequence in an attention memory (dense unless given), and the position reached in it.
 class Session {
  public:
   // n_ctx <= 0: resolve_context's default.
@@ -48,7 +51,9 @@ class Session {
   // forward call. Afterwards logits() holds the last token's logits; when
   // `all_logits` is given, the logits of every token are appended to it
   // (rows of n_vocab). Error when the context cannot hold the tokens.
-  Status decode(std::span<const TokenId> tokens, int n_batch, std::vector<float>* all_logits = nullptr);
+  // `progress`, if set, is called after every batch (chunked prefill).
+  Status decode(std::span<const TokenId> tokens, int n_batch, std::vector<float>* all_logits = nullptr,
+                const ProgressFn& progress = {});
 
   // Logits [n_vocab] of the last token decoded.
   std::span<const float> logits() const { return last_logits_; }
@@ -71,6 +76,7 @@ struct GenerateParams {
   bool ignore_eos = false;    // do not stop at end-of-generation tokens
   bool stop_at_bos = true;    // llama2.c's rule: stop before emitting BOS
   SamplerParams sampler;
+  ProgressFn on_prompt_progress;  // called after every prompt batch (progress bars)
 };
 
 enum class StopReason { N_PREDICT, END_OF_GENERATION, BOS, CONTEXT_FULL, CALLER };

@@ -1,0 +1,73 @@
+// engram bench: benchmarks (niah, ppl), one cmd_bench_*.cpp each.
+#include "cmd_bench.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include "common.h"
+#include "runtime/niah.h"
+
+namespace engram::tools {
+namespace {
+
+// The verses as `bible` lists them; error when bible-kjv is not installed.
+Expected<std::string> run_bible_listing() {
+  std::error_code ec;
+  if (!std::filesystem::exists("/usr/lib/bible.data", ec)) {
+    return make_error("Debian's bible-kjv-text is not installed (no /usr/lib/bible.data)");
+  }
+  std::FILE* p = popen("bible -l 100000 gen1:1-rev22:21 2>/dev/null", "r");
+  if (p == nullptr) return make_error("cannot run the `bible` program (Debian's bible-kjv)");
+  std::string out;
+  char buf[1 << 16];
+  size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int rc = pclose(p);
+  if (rc != 0 || out.empty()) return make_error("the `bible` program (Debian's bible-kjv) failed or is missing");
+  return out;
+}
+
+}  // namespace
+
+Expected<std::vector<std::string>> load_text_units(const std::string& path, const std::string& what,
+                                                   std::string* source) {
+  if (path.empty()) {
+    auto listing = run_bible_listing();
+    if (!listing) {
+      return make_error("no default ", what, " text: ", listing.error().message,
+                        "; run scripts/setup.sh (bible-kjv, bible-kjv-text) or pass ", what, " FILE");
+    }
+    std::vector<std::string> verses = parse_bible_listing(*listing);
+    if (verses.empty()) return make_error("the `bible` program listed no verses; pass ", what, " FILE");
+    if (source) *source = "KJV (bible-kjv-text)";
+    return verses;
+  }
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return make_error(what, ": cannot open '", path, "'");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) return make_error(what, ": cannot read '", path, "'");
+  std::vector<std::string> units = haystack_units(ss.str());
+  if (units.empty()) return make_error(what, ": '", path, "' has no text");
+  if (source) *source = path;
+  return units;
+}
+
+Command add_bench_command(CLI::App& parent) {
+  CLI::App* app = parent.add_subcommand("bench", "Benchmarks: needle in a haystack (niah), perplexity (ppl)");
+  app->require_subcommand(1);
+  auto subs = std::make_shared<std::vector<Command>>();
+  subs->push_back(add_bench_niah_command(*app));
+  subs->push_back(add_bench_ppl_command(*app));
+  return {app, [subs] {
+            for (const Command& c : *subs) {
+              if (c.app->parsed()) return c.run();
+            }
+            return fail("bench: no benchmark given (niah or ppl)");
+          }};
+}
+
+}  // namespace engram::tools

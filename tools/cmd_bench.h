@@ -1,0 +1,23 @@
+// Shared pieces of `engram bench niah` and `engram bench ppl`.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "commands.h"
+#include "util/status.h"
+
+namespace engram::tools {
+
+Command add_bench_niah_command(CLI::App& bench);
+Command add_bench_ppl_command(CLI::App& bench);
+
+// Text units (lines) of `path`, or, when path is empty, the King James Bible
+// verses of Debian's bible-kjv (`bible` program, bible-kjv-text data) - the
+// haystack engram's model is trained on. `what` names the flag in errors.
+Expected<std::vector<std::string>> load_text_units(const std::string& path, const std::string& what,
+                                                   std::string* source);
+
+}  // namespace engram::tools
