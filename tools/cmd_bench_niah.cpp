@@ -130,6 +130,7 @@ int run(NiahOptions& o) {
   if (!path) return fail(path.error().message);
   auto model = Model::load(*path);
   if (!model) return fail(model.error().message);
+  if (!o.memory.no_remap) mem_opts->rotate_keys = (*model)->key_rotator();
   const Tokenizer& tok = (*model)->tokenizer();
   const ModelConfig& cfg = (*model)->config();
 
@@ -260,6 +261,7 @@ int run(NiahOptions& o) {
                            {"window", mem_opts->window},
                            {"block_size", mem_opts->block_size},
                            {"top_k", mem_opts->top_k},
+                           {"remap", static_cast<bool>(mem_opts->rotate_keys)},
                            {"compression", block_compression_name(mem_opts->compression)},
                            {"memory_budget_bytes", mem_opts->memory_budget_bytes}};
     if (*task == NiahTask::MULTIKEY) j["n_keys"] = o.n_keys;

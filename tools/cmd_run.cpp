@@ -50,6 +50,7 @@ int run(RunOptions& o) {
   const std::string kind = choose_memory_kind(o.memory.kind, n_ctx, cfg.n_ctx_train);
   auto mem_opts = memory_options(o.memory);
   if (!mem_opts) return fail(mem_opts.error().message);
+  if (!o.memory.no_remap) mem_opts->rotate_keys = (*model)->key_rotator();
   auto memory = make_memory(kind, (*model)->memory_layout(n_ctx), *mem_opts);
   if (!memory) return fail("--memory: " + memory.error().message);
   if (kind == "dense" && cfg.n_ctx_train > 0 && n_ctx > cfg.n_ctx_train) {

@@ -102,6 +102,9 @@ void add_memory_options(CLI::App* app, MemoryFlags& f, const std::string& kind_h
   app->add_option("--spill-file", f.options.spill_path, "Spill file for --memory-budget (default: a temp file)");
   app->add_flag("--progress", f.progress, "Show the prefill progress bar even when stderr is not a terminal");
   app->add_flag("--no-progress", f.no_progress, "Never show the prefill progress bar");
+  app->add_flag("--no-remap", f.no_remap,
+                "Attend sinks and retrieved blocks at their original positions instead of moving them next to "
+                "the window (window, engram)");
 }
 
 Expected<EngramMemoryOptions> memory_options(const MemoryFlags& f) {

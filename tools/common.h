@@ -44,11 +44,12 @@ struct MemoryFlags {
   std::string compression = "fp16";  // --kv-compression
   bool progress = false;       // --progress: show the prefill progress bar even when stderr is no terminal
   bool no_progress = false;    // --no-progress
+  bool no_remap = false;       // --no-remap: keys keep their original positions (window, engram)
 };
 
 // Adds --memory, --sinks, --window, --block-size, --top-blocks (benches also
 // --top-k: run's --top-k is the sampler's), --memory-budget, --kv-compression,
-// --spill-file, --progress, --no-progress. `kind_help` describes --memory.
+// --spill-file, --progress, --no-progress, --no-remap. `kind_help` describes --memory.
 void add_memory_options(CLI::App* app, MemoryFlags& flags, const std::string& kind_help, bool top_k_alias);
 
 // The EngramMemoryOptions the flags ask for; errors name the flag.

@@ -67,6 +67,7 @@ struct EngramMemory::Cell {
 // Per-thread attention scratch.
 struct EngramMemory::Scratch {
   std::vector<float> k_buf, v_buf;  // a decoded unit: [B, k_dim], [B, v_dim]
+  std::vector<float> rot;           // remapped keys of one segment: [max(sinks, B), k_dim]
   std::vector<float> scores;        // [kRows]
   std::vector<float> max, sum;      // online softmax state per (query, head) of an item
   std::vector<float> acc;           // [.., v_dim] unnormalised outputs
@@ -195,8 +196,8 @@ size_t EngramMemory::bytes_outside_store() const {
   for (const auto& s : selection_) bytes += s.capacity() * sizeof(int) + sizeof(s);
   for (const auto& s : sel_units_) bytes += s.capacity() * sizeof(void*) + sizeof(s);
   for (const Scratch& s : scratch_)
-    bytes += sizeof(Scratch) + (s.k_buf.capacity() + s.v_buf.capacity() + s.scores.capacity() + s.max.capacity() +
-                                s.sum.capacity() + s.acc.capacity()) * sizeof(float);
+    bytes += sizeof(Scratch) + (s.k_buf.capacity() + s.v_buf.capacity() + s.rot.capacity() + s.scores.capacity() +
+                                s.max.capacity() + s.sum.capacity() + s.acc.capacity()) * sizeof(float);
   if (store_) bytes += store_->bytes_used() - store_->resident_bytes();
   return bytes;
 }
@@ -513,6 +514,7 @@ void EngramMemory::attend(int layer, int seq, int64_t pos0, int n, int n_head, c
   for (Scratch& s : scratch_) {
     s.k_buf.resize(static_cast<size_t>(B) * kd);
     s.v_buf.resize(static_cast<size_t>(B) * vd);
+    if (options_.rotate_keys) s.rot.resize(static_cast<size_t>(std::max(B, options_.sinks)) * kd);
     s.scores.resize(kRows);
     s.max.resize(static_cast<size_t>(tile_rows));
     s.sum.resize(static_cast<size_t>(tile_rows));
@@ -562,20 +564,49 @@ void EngramMemory::attend_item(const Cell& c, int layer, int g, int64_t pos0, in
     }
   };
 
-  if (c.n_sink() > 0)
-    segment(c.sink_k.data() + static_cast<size_t>(g) * kd, kr, c.sink_v.data() + static_cast<size_t>(g) * vd, vr, 0,
-            c.n_sink(), false);
-  if (mode_ == Mode::ENGRAM) {
-    const std::vector<int>& sel = selection_[static_cast<size_t>(layer) * layout_.n_kv_head + g];
+  // Remapping (engram_memory.h): how far the sinks and each selected block
+  // move forward; 0 when there is no rotator or nothing to close up.
+  const int64_t n_tail = static_cast<int64_t>(c.tail_k.size() / std::max<size_t>(kr, 1));
+  const bool remap = static_cast<bool>(options_.rotate_keys);
+  const std::vector<int>* sel = mode_ == Mode::ENGRAM ? &selection_[static_cast<size_t>(layer) * layout_.n_kv_head + g]
+                                                       : nullptr;
+  const int64_t n_sel = sel ? static_cast<int64_t>(sel->size()) : 0;
+  // Virtual position right after the blocks: the tail's first attended row.
+  const int64_t virtual_end = mode_ == Mode::ENGRAM ? c.tail_start
+                                                    : std::max<int64_t>(c.tail_start, pos0 - options_.window + 1);
+  int64_t sink_delta = 0;
+  if (remap && c.n_sink() == options_.sinks && (n_tail > 0 || n_sel > 0))
+    sink_delta = std::max<int64_t>(0, virtual_end - n_sel * B - options_.sinks);
+
+  if (c.n_sink() > 0) {
+    const float* sk = c.sink_k.data() + static_cast<size_t>(g) * kd;
+    size_t sk_stride = kr;
+    if (sink_delta != 0) {  // this head's sink keys, moved to [virtual_end - n_sel*B - sinks, ..)
+      for (int64_t r = 0; r < c.n_sink(); ++r)
+        std::memcpy(s.rot.data() + r * kd, sk + r * kr, kd * sizeof(float));
+      options_.rotate_keys(s.rot.data(), static_cast<int>(c.n_sink()), sink_delta);
+      sk = s.rot.data();
+      sk_stride = static_cast<size_t>(kd);
+    }
+    segment(sk, sk_stride, c.sink_v.data() + static_cast<size_t>(g) * vd, vr, 0, c.n_sink(), false);
+  }
+  if (sel) {
     const std::vector<const uint8_t*>& units = sel_units_[static_cast<size_t>(g)];
-    for (size_t j = 0; j < sel.size(); ++j) {
+    for (size_t j = 0; j < sel->size(); ++j) {
       const float *keys, *vals;
       codec_.rows(units[j], s.k_buf.data(), s.v_buf.data(), &keys, &vals);
-      segment(keys, static_cast<size_t>(kd), vals, static_cast<size_t>(vd),
-              options_.sinks + static_cast<int64_t>(sel[j]) * B, B, false);
+      const int64_t first_pos = options_.sinks + static_cast<int64_t>((*sel)[j]) * B;
+      // Selected blocks sit back to back, in their original order, ending at virtual_end.
+      const int64_t delta = remap ? virtual_end - (n_sel - static_cast<int64_t>(j)) * B - first_pos : 0;
+      if (delta != 0) {
+        std::memcpy(s.rot.data(), keys, static_cast<size_t>(B) * kd * sizeof(float));
+        options_.rotate_keys(s.rot.data(), B, delta);
+        keys = s.rot.data();
+      }
+      // Causality uses the original positions: every block precedes every query.
+      segment(keys, static_cast<size_t>(kd), vals, static_cast<size_t>(vd), first_pos, B, false);
     }
   }
-  const int64_t n_tail = static_cast<int64_t>(c.tail_k.size() / std::max<size_t>(kr, 1));
   if (n_tail > 0)
     segment(c.tail_k.data() + static_cast<size_t>(g) * kd, kr, c.tail_v.data() + static_cast<size_t>(g) * vd, vr,
             c.tail_start, n_tail, mode_ == Mode::WINDOW);

@@ -29,14 +29,28 @@
 // the selected blocks and the tail, so the result is exactly softmax
 // attention restricted to those positions.
 //
-// Positions: keys are stored after RoPE, so retrieved blocks keep their
-// original positions; a query at 1M sees keys rotated by up to 1M - far
-// outside what a model trained at 2K has seen. Remapping (InfLLM gives all
-// memory tokens one relative position) needs keys stored before RoPE and
-// rotated at attend time by the remapped position: the place for that is
-// EngramMemory::block_rows (decode, then rotate the block's keys) and a
-// `pre_rope` flag in the options telling the model to hand over unrotated
-// keys. Not done in this version.
+// Positions: keys are stored after RoPE, so without remapping retrieved
+// blocks and sinks keep their original positions; a query at 1M sees keys
+// rotated by up to 1M - far outside what a model trained at 2K has seen.
+// With options.rotate_keys set (the model's Model::key_rotator()), each
+// attend lays the attended keys out contiguously in a virtual order
+//
+//   [sinks][selected blocks, original order][tail]
+//
+// ending at the queries' own positions: the tail keeps its real positions
+// (it is contiguous up to the chunk), the selected blocks are moved to end
+// where the tail begins, and the sinks to end where the first block begins.
+// A key moved from position p to p' is rotated by p' - p into per-call
+// scratch (RoPE angles are linear in the position). The largest relative
+// distance is then sinks + top_k * block_size + tail (at most window +
+// block_size - 1 + the chunk), whatever the context length. When every
+// block is selected nothing moves and the result equals dense attention.
+// Window mode moves the sinks to end where the chunk's first query's window
+// begins (its later queries see them up to the chunk length further away).
+// Causality still uses original positions (sinks and blocks precede every
+// query of the chunk). Retrieval scores the summaries of the original keys;
+// remapped keys differ from them by a rotation, so the Quest bound is a
+// heuristic there, not a bound.
 //
 // The window mode (make_window_memory) is the same structure with no
 // blocks: positions leaving the window are dropped, and each query attends

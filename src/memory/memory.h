@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -74,6 +75,12 @@ enum class BlockCompression { F32, F16, INT8 };
 Expected<BlockCompression> parse_block_compression(const std::string& name);
 const char* block_compression_name(BlockCompression c);
 
+// Moves n_rows keys of one KV head, rotated by RoPE at their positions, to
+// positions + delta: keys [n_rows, k_dim], in place. RoPE angles are linear
+// in the position, so this is a rotation by delta (Model::key_rotator()).
+// Called from several threads at once.
+using KeyRotator = std::function<void(float* keys, int n_rows, int64_t delta)>;
+
 // Options of the window and Engram memories (window uses sinks and window).
 struct EngramMemoryOptions {
   int sinks = 64;              // first positions, always attended exactly
@@ -88,6 +95,12 @@ struct EngramMemoryOptions {
   // Block scoring for a prefill chunk: false scores with the chunk's mean
   // query (cheap, InfLLM-style), true with every query (max over them).
   bool score_every_query = false;
+  // Position remapping (engram_memory.h): when set, sinks and retrieved
+  // blocks are rotated at attend time to sit just before the tail, so no
+  // attended key is further from a query than sinks + top_k * block_size +
+  // window (+ the chunk). Empty: keys keep their original positions.
+  // Whatever it captures (the model) must outlive the memory.
+  KeyRotator rotate_keys;
 };
 
 // StreamingLLM: the first `sinks` and the last `window` positions (per query).

@@ -292,6 +292,10 @@ class Deepseek2Model final : public TransformerModel {
   explicit Deepseek2Model(ModelParts p)
       : TransformerModel(std::move(p.file), std::move(p.tokenizer), std::move(p.config)) {}
 
+  // The memory holds MLA latents whose rotated part is a slice, not whole
+  // key heads: no remapping (keys keep their positions).
+  KeyRotator key_rotator() const override { return {}; }
+
   Status load_weights() {
     ModelConfig& c = config_;
     ENGRAM_RETURN_IF_ERROR(read_mla_config(*file_, c, mla_));

@@ -69,6 +69,13 @@ class Model {
   virtual Status forward(std::span<const TokenId> tokens, int64_t pos0, int seq, Memory& memory,
                          float* logits, bool all_logits, ThreadPool& pool) = 0;
 
+  // Moves stored keys (rotated at their positions) to other positions, for
+  // memories that remap positions (EngramMemoryOptions::rotate_keys). Keys
+  // are rows of one KV head: [n_rows, memory_layout().k_dim]. Empty when the
+  // architecture does not support it (keys then keep their positions). The
+  // function refers to this model, which must outlive its users.
+  virtual KeyRotator key_rotator() const { return {}; }
+
   // Bytes of weights and of memory per context position (for `engram info`).
   uint64_t weight_bytes() const;
   uint64_t parameter_count() const;

@@ -57,23 +57,49 @@ void Rope::angles(int64_t pos, float* cache) const {
   }
 }
 
+namespace {
+
+// Rotates the first n_dims values of each head by the pairs' cos/sin in cache.
+void rotate_heads(float* x, int n_heads, int head_dim, int n_dims, bool neox, const float* cache) {
+  for (int h = 0; h < n_heads; ++h) {
+    float* v = x + static_cast<size_t>(h) * head_dim;  // [head_dim]
+    for (int i0 = 0; i0 < n_dims; i0 += 2) {
+      const float c = cache[i0], s = cache[i0 + 1];
+      // NORM rotates (2i, 2i+1); NEOX rotates (i, i + n_dims/2).
+      const int a = neox ? i0 / 2 : i0;
+      const int b = neox ? i0 / 2 + n_dims / 2 : i0 + 1;
+      const float x0 = v[a], x1 = v[b];
+      v[a] = x0 * c - x1 * s;
+      v[b] = x0 * s + x1 * c;
+    }
+  }
+}
+
+}  // namespace
+
+void Rope::rotate_by(float* x, int n_heads, int head_dim, int64_t delta, std::vector<float>& cache) const {
+  const int n_dims = config_.n_dims;
+  if (delta == 0 || n_dims <= 0) return;
+  cache.resize(static_cast<size_t>(n_dims));
+  angles(delta, cache.data());
+  // angles() folds YaRN's mscale into cos/sin; a pure rotation must not.
+  for (int i0 = 0; i0 < n_dims; i0 += 2) {
+    const float norm = std::hypot(cache[i0], cache[i0 + 1]);
+    if (norm > 0.f) {
+      cache[i0] /= norm;
+      cache[i0 + 1] /= norm;
+    }
+  }
+  rotate_heads(x, n_heads, head_dim, n_dims, config_.neox, cache.data());
+}
+
 void Rope::apply(float* x, int n_tokens, int n_heads, int head_dim, int64_t pos0, std::vector<float>& cache) const {
   const int n_dims = config_.n_dims;
   cache.resize(static_cast<size_t>(n_dims));
   for (int t = 0; t < n_tokens; ++t) {
     angles(pos0 + t, cache.data());
-    for (int h = 0; h < n_heads; ++h) {
-      float* v = x + (static_cast<size_t>(t) * n_heads + h) * head_dim;  // [head_dim]
-      for (int i0 = 0; i0 < n_dims; i0 += 2) {
-        const float c = cache[i0], s = cache[i0 + 1];
-        // NORM rotates (2i, 2i+1); NEOX rotates (i, i + n_dims/2).
-        const int a = config_.neox ? i0 / 2 : i0;
-        const int b = config_.neox ? i0 / 2 + n_dims / 2 : i0 + 1;
-        const float x0 = v[a], x1 = v[b];
-        v[a] = x0 * c - x1 * s;
-        v[b] = x0 * s + x1 * c;
-      }
-    }
+    rotate_heads(x + static_cast<size_t>(t) * n_heads * head_dim, n_heads, head_dim, n_dims, config_.neox,
+                 cache.data());
   }
 }
 

@@ -22,6 +22,13 @@ class Rope {
   // cache: scratch, resized to [n_dims] floats.
   void apply(float* x, int n_tokens, int n_heads, int head_dim, int64_t pos0, std::vector<float>& cache) const;
 
+  // Rotates x, already rotated at some positions, as if those positions were
+  // `delta` further on: every angle is linear in the position (plain, linear
+  // and YaRN scaling, per-pair freq_factors), so this is apply() at position
+  // delta without YaRN's magnitude scale (applied once already).
+  // x: [n_heads, head_dim]; delta may be negative. cache: as in apply().
+  void rotate_by(float* x, int n_heads, int head_dim, int64_t delta, std::vector<float>& cache) const;
+
   // cos/sin of every rotated pair at one position: cache[2i] = cos, cache[2i+1] = sin.
   void angles(int64_t pos, float* cache) const;
 

@@ -239,6 +239,15 @@ TransformerModel::TransformerModel(std::shared_ptr<const gguf::File> file, std::
   config_ = std::move(config);
 }
 
+KeyRotator TransformerModel::key_rotator() const {
+  const Rope* rope = &rope_;
+  const int head_dim = config_.head_dim;
+  return [rope, head_dim](float* keys, int n_rows, int64_t delta) {
+    std::vector<float> cache;  // per call: the memory calls this from several threads
+    rope->rotate_by(keys, n_rows, head_dim, delta, cache);
+  };
+}
+
 SwiGluFfn load_swiglu(WeightLoader& w, int l, const ModelConfig& c) {
   SwiGluFfn f;
   f.gate = w.require(blk(l, "ffn_gate.weight"), {c.n_embd, c.n_ff});

@@ -119,6 +119,12 @@ class TransformerModel : public Model {
  protected:
   TransformerModel(std::shared_ptr<const gguf::File> file, std::unique_ptr<Tokenizer> tokenizer, ModelConfig config);
 
+ public:
+  // Rotates whole key heads (head_dim) with rope_ (llama, qwen2, qwen3).
+  KeyRotator key_rotator() const override;
+
+ protected:
+
   Head head_;
   Rope rope_;
   Activations act_;

@@ -5,10 +5,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <set>
 #include <vector>
@@ -591,6 +593,172 @@ TEST(EngramMemoryEdit, CopySharesBlocksAndBothSequencesMatchDense) {
   m.remove(0, 0, -1);
   m.remove(1, 0, -1);
   EXPECT_EQ(m.store()->n_units(), 0u);
+}
+
+// ------------------------------------------------------------ remapping
+
+// A stand-in for the model's RoPE (NEOX pairs over the whole key, base 100 so
+// that small position changes show); the memory layer does not link the model.
+void test_rope(float* x, int k_dim, int64_t pos) {
+  const int half = k_dim / 2;
+  for (int i = 0; i < half; ++i) {
+    const double theta = static_cast<double>(pos) * std::pow(100.0, -2.0 * i / k_dim);
+    const double a = x[i], b = x[i + half];
+    x[i] = static_cast<float>(a * std::cos(theta) - b * std::sin(theta));
+    x[i + half] = static_cast<float>(a * std::sin(theta) + b * std::cos(theta));
+  }
+}
+
+KeyRotator test_rotator(int k_dim, std::atomic<int>* calls) {
+  return [k_dim, calls](float* keys, int n_rows, int64_t delta) {
+    ++*calls;
+    for (int r = 0; r < n_rows; ++r) test_rope(keys + static_cast<size_t>(r) * k_dim, k_dim, delta);
+  };
+}
+
+// Appends random un-rotated keys, rotated at their positions, to a memory,
+// and keeps the un-rotated ones: raw[layer] [n_pos, n_kv_head, k_dim].
+struct RopeFeeder {
+  MemoryLayout l;
+  std::vector<KvLog> raw;
+  std::mt19937 rng{11};
+
+  explicit RopeFeeder(const MemoryLayout& layout) : l(layout), raw(static_cast<size_t>(layout.n_layer)) {}
+
+  std::vector<std::vector<float>> step(Memory& m, int64_t pos0, int n) {
+    std::vector<std::vector<float>> qs;
+    for (int layer = 0; layer < l.n_layer; ++layer) {
+      auto k = random_floats(static_cast<size_t>(n) * l.n_kv_head * l.k_dim, rng);
+      auto v = random_floats(static_cast<size_t>(n) * l.n_kv_head * l.v_dim, rng);
+      KvLog& log = raw[static_cast<size_t>(layer)];
+      log.k.insert(log.k.end(), k.begin(), k.end());
+      log.v.insert(log.v.end(), v.begin(), v.end());
+      for (int t = 0; t < n; ++t)
+        for (int g = 0; g < l.n_kv_head; ++g)
+          test_rope(k.data() + (static_cast<size_t>(t) * l.n_kv_head + g) * l.k_dim, l.k_dim, pos0 + t);
+      EXPECT_TRUE(m.append(layer, 0, pos0, n, k.data(), v.data()).is_ok());
+      qs.push_back(random_floats(static_cast<size_t>(n) * kHeads * l.k_dim, rng));
+    }
+    return qs;
+  }
+
+  // The layer's keys rotated at virtual_pos(key position, KV head) instead.
+  KvLog placed(int layer, const std::function<int64_t(int64_t, int)>& virtual_pos) const {
+    KvLog out = raw[static_cast<size_t>(layer)];
+    const int64_t n_pos = static_cast<int64_t>(out.k.size()) / (l.n_kv_head * l.k_dim);
+    for (int64_t j = 0; j < n_pos; ++j)
+      for (int g = 0; g < l.n_kv_head; ++g)
+        test_rope(out.k.data() + (static_cast<size_t>(j) * l.n_kv_head + g) * l.k_dim, l.k_dim, virtual_pos(j, g));
+    return out;
+  }
+};
+
+TEST(EngramRemap, EqualsDenseWhenEveryBlockAndPositionIsAttended) {
+  const MemoryLayout l = small_layout(1200, 1);
+  // Engram selecting every block, and a window memory whose window holds everything.
+  for (EngramMemory::Mode mode : {EngramMemory::Mode::ENGRAM, EngramMemory::Mode::WINDOW}) {
+    std::atomic<int> calls{0};
+    EngramMemoryOptions o = small_options(BlockCompression::F32);
+    if (mode == EngramMemory::Mode::WINDOW) o.window = 1200;
+    o.rotate_keys = test_rotator(l.k_dim, &calls);
+    EngramMemory m(l, o, mode);
+    auto dense = make_dense_memory(l);
+    RopeFeeder f(l);
+    ThreadPool pool(2);
+    int64_t pos = 0;
+    for (int n : kSchedule) {
+      auto qs = f.step(m, pos, n);
+      for (int layer = 0; layer < l.n_layer; ++layer) {
+        const KvLog at_own = f.placed(layer, [](int64_t j, int) { return j; });
+        auto want = test::naive_attention(l, kHeads, at_own, pos, n, qs[static_cast<size_t>(layer)].data(), 0.35f,
+                                          [](int64_t, int64_t, int) { return true; });
+        auto got = run_attend(m, layer, 0, pos, n, qs[static_cast<size_t>(layer)], pool);
+        ASSERT_LT(max_abs_diff(got, want), 1e-4f) << "pos " << pos << " layer " << layer;
+      }
+      pos += n;
+    }
+    if (mode == EngramMemory::Mode::ENGRAM) EXPECT_GT(m.n_blocks(0, 0), 20);
+    EXPECT_EQ(calls.load(), 0) << "nothing needs to move when nothing is skipped";
+  }
+}
+
+// With top-4 of many blocks: the result is exact attention over keys rotated
+// at the virtual layout [sinks][selected blocks][tail] that ends at the tail.
+TEST(EngramRemap, EqualsNaiveAttentionOverTheVirtualLayout) {
+  const MemoryLayout l = small_layout(1200, 1);
+  std::atomic<int> calls{0};
+  EngramMemoryOptions o = small_options(BlockCompression::F32, /*top_k=*/4);
+  o.rotate_keys = test_rotator(l.k_dim, &calls);
+  EngramMemory m(l, o, EngramMemory::Mode::ENGRAM);
+  RopeFeeder f(l);
+  ThreadPool pool(3);
+  const int B = o.block_size;
+  int64_t pos = 0;
+  bool remap_mattered = false;
+  for (int n : {200, 150, 100, 10, 1, 1}) {
+    auto qs = f.step(m, pos, n);
+    for (int layer = 0; layer < l.n_layer; ++layer) {
+      auto got = run_attend(m, layer, 0, pos, n, qs[static_cast<size_t>(layer)], pool);
+      const int64_t tail_start = o.sinks + m.n_blocks(layer, 0) * B;
+      auto block_of = [&](int64_t key) { return static_cast<int>((key - o.sinks) / B); };
+      auto visible = [&](int64_t, int64_t key, int g) {
+        if (key < o.sinks || key >= tail_start) return true;
+        const auto& sel = m.last_selection(layer, g);
+        return std::binary_search(sel.begin(), sel.end(), block_of(key));
+      };
+      // Built from the definition: selected blocks back to back before the
+      // tail, in their original order, the sinks right before them.
+      auto virtual_pos = [&](int64_t key, int g) -> int64_t {
+        const auto& sel = m.last_selection(layer, g);
+        const int64_t n_sel = static_cast<int64_t>(sel.size());
+        if (key >= tail_start) return key;
+        if (key < o.sinks) return tail_start - n_sel * B - o.sinks + key;
+        const auto it = std::lower_bound(sel.begin(), sel.end(), block_of(key));
+        if (it == sel.end() || *it != block_of(key)) return key;  // not attended
+        const int64_t rank = it - sel.begin();
+        return tail_start - (n_sel - rank) * B + (key - o.sinks) % B;
+      };
+      const float* q = qs[static_cast<size_t>(layer)].data();
+      auto want = test::naive_attention(l, kHeads, f.placed(layer, virtual_pos), pos, n, q, 0.35f, visible);
+      ASSERT_LT(max_abs_diff(got, want), 1e-4f) << "pos " << pos << " layer " << layer;
+      // The largest distance a query sees is bounded by the layout, not the context.
+      for (int g = 0; g < l.n_kv_head; ++g)
+        EXPECT_GE(virtual_pos(0, g), pos + n - 1 - (o.sinks + o.top_k * B + (pos + n - tail_start)));
+      auto unmapped = test::naive_attention(l, kHeads, f.placed(layer, [](int64_t j, int) { return j; }), pos, n, q,
+                                            0.35f, visible);
+      if (max_abs_diff(got, unmapped) > 1e-2f) remap_mattered = true;
+    }
+    pos += n;
+  }
+  EXPECT_TRUE(remap_mattered) << "the test never moved a key";
+  EXPECT_GT(calls.load(), 0);
+  EXPECT_TRUE(m.last_error().is_ok()) << m.last_error().message();
+}
+
+// Window mode: the sinks move to end where the chunk's first query's window begins.
+TEST(EngramRemap, WindowMemoryMovesSinksNextToTheWindow) {
+  const MemoryLayout l = small_layout(1200, 1);
+  std::atomic<int> calls{0};
+  EngramMemoryOptions o = small_options(BlockCompression::F32);
+  o.rotate_keys = test_rotator(l.k_dim, &calls);
+  EngramMemory m(l, o, EngramMemory::Mode::WINDOW);
+  RopeFeeder f(l);
+  ThreadPool pool(2);
+  int64_t pos = 0;
+  for (int n : kSchedule) {
+    auto qs = f.step(m, pos, n);
+    const int64_t window_start = std::max<int64_t>(o.sinks, pos - o.window + 1);
+    for (int layer = 0; layer < l.n_layer; ++layer) {
+      auto virtual_pos = [&](int64_t key, int) { return key < o.sinks ? window_start - o.sinks + key : key; };
+      auto visible = [&](int64_t query, int64_t key, int) { return key < o.sinks || key > query - o.window; };
+      auto want = test::naive_attention(l, kHeads, f.placed(layer, virtual_pos), pos, n,
+                                        qs[static_cast<size_t>(layer)].data(), 0.35f, visible);
+      auto got = run_attend(m, layer, 0, pos, n, qs[static_cast<size_t>(layer)], pool);
+      ASSERT_LT(max_abs_diff(got, want), 1e-4f) << "pos " << pos << " layer " << layer;
+    }
+    pos += n;
+  }
+  EXPECT_GT(calls.load(), 0);
 }
 
 TEST(MakeMemory, BuildsEachKindAndRejectsUnknownOnes) {

@@ -91,5 +91,42 @@ TEST(Rope, YarnExtrapolatesFastPairsAndInterpolatesSlowOnes) {
   }
 }
 
+// A key rotated at p and then moved by delta equals the key rotated at
+// p + delta (what Engram memory's position remapping relies on), for every
+// pairing and scaling, several heads at once, delta of either sign.
+TEST(Rope, RotateByMovesKeysToTheShiftedPosition) {
+  const float freq_factors[4] = {1.f, 1.5f, 2.f, 8.f};
+  struct Case { const char* name; RopeConfig c; const float* ff; };
+  std::vector<Case> cases;
+  cases.push_back({"norm", base_config(false), nullptr});
+  cases.push_back({"neox", base_config(true), nullptr});
+  RopeConfig linear = base_config(true);
+  linear.scaling = RopeScaling::LINEAR;
+  linear.freq_scale = 0.25f;
+  cases.push_back({"linear", linear, nullptr});
+  cases.push_back({"freq_factors", base_config(false), freq_factors});
+  RopeConfig yarn = base_config(false);
+  yarn.scaling = RopeScaling::YARN;
+  yarn.freq_scale = 0.25f;
+  yarn.yarn_ext_factor = 1.f;
+  yarn.n_ctx_orig = 64;
+  cases.push_back({"yarn", yarn, nullptr});
+
+  const int n_heads = 3, head_dim = 10;
+  std::vector<float> x(n_heads * head_dim);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(1.7f * static_cast<float>(i) + 0.3f);
+  for (const Case& k : cases) {
+    Rope rope(k.c, k.ff);
+    for (auto [pos, delta] : {std::pair<int64_t, int64_t>{3000, -2900}, {17, 480}, {100, 0}, {5, 4000}}) {
+      std::vector<float> moved = x, direct = x, cache;
+      rope.apply(moved.data(), 1, n_heads, head_dim, pos, cache);
+      rope.rotate_by(moved.data(), n_heads, head_dim, delta, cache);
+      rope.apply(direct.data(), 1, n_heads, head_dim, pos + delta, cache);
+      for (size_t i = 0; i < x.size(); ++i)
+        ASSERT_NEAR(moved[i], direct[i], 2e-3) << k.name << " pos " << pos << " delta " << delta << " i " << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace engram::transformer
