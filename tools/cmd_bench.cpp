@@ -32,6 +32,25 @@ Expected<std::string> run_bible_listing() {
 
 }  // namespace
 
+Expected<BenchSetup> load_bench_setup(const std::string& model_flag, const MemoryFlags& flags,
+                                      const std::string& default_kinds) {
+  BenchSetup s;
+  auto kinds = parse_memory_kinds(flags.kind.empty() ? default_kinds : flags.kind);
+  if (!kinds) return kinds.error();
+  auto memory = memory_options(flags);
+  if (!memory) return memory.error();
+  auto path = resolve_model_path(model_flag);
+  if (!path) return path.error();
+  auto model = Model::load(*path);
+  if (!model) return model.error();
+  s.model_path = *path;
+  s.model = std::move(*model);
+  s.kinds = std::move(*kinds);
+  s.memory = std::move(*memory);
+  if (!flags.no_remap) s.memory.rotate_keys = s.model->key_rotator();
+  return s;
+}
+
 Expected<std::vector<std::string>> load_text_units(const std::string& path, const std::string& what,
                                                    std::string* source) {
   if (path.empty()) {

@@ -7,9 +7,23 @@
 #include <CLI/CLI.hpp>
 
 #include "commands.h"
+#include "common.h"
+#include "memory/memory.h"
+#include "model/model.h"
 #include "util/status.h"
 
 namespace engram::tools {
+
+// What both benches start from: the model, the memory kinds to compare and the
+// memory options (with the model's key rotator unless --no-remap).
+struct BenchSetup {
+  std::string model_path;
+  std::unique_ptr<Model> model;
+  std::vector<std::string> kinds;
+  EngramMemoryOptions memory;
+};
+Expected<BenchSetup> load_bench_setup(const std::string& model_flag, const MemoryFlags& flags,
+                                      const std::string& default_kinds);
 
 Command add_bench_niah_command(CLI::App& bench);
 Command add_bench_ppl_command(CLI::App& bench);

@@ -120,19 +120,11 @@ int run(NiahOptions& o) {
   if (!lengths) return fail("--lengths: " + lengths.error().message);
   auto depths = parse_depths(o.depths);
   if (!depths) return fail("--depths: " + depths.error().message);
-  const std::string kinds_text = o.memory.kind.empty() ? "engram" : o.memory.kind;
-  auto kinds = parse_memory_kinds(kinds_text);
-  if (!kinds) return fail(kinds.error().message);
-  auto mem_opts = memory_options(o.memory);
-  if (!mem_opts) return fail(mem_opts.error().message);
-
-  auto path = resolve_model_path(o.model);
-  if (!path) return fail(path.error().message);
-  auto model = Model::load(*path);
-  if (!model) return fail(model.error().message);
-  if (!o.memory.no_remap) mem_opts->rotate_keys = (*model)->key_rotator();
-  const Tokenizer& tok = (*model)->tokenizer();
-  const ModelConfig& cfg = (*model)->config();
+  auto setup = load_bench_setup(o.model, o.memory, "engram");
+  if (!setup) return fail(setup.error().message);
+  BenchSetup& b = *setup;
+  const Tokenizer& tok = b.model->tokenizer();
+  const ModelConfig& cfg = b.model->config();
 
   std::string hay_source;
   auto units = load_text_units(o.haystack, "--haystack", &hay_source);
@@ -142,25 +134,25 @@ int run(NiahOptions& o) {
   nc.n_keys = o.n_keys;
   nc.n_values = o.n_values;
   nc.templates = o.templates;
-  auto keys = load_keys(o, *path, tok, o.n_keys);
+  auto keys = load_keys(o, b.model_path, tok, o.n_keys);
   if (!keys) return fail(keys.error().message);
   auto builder = NiahBuilder::create(tok, *units, *keys, nc);
   if (!builder) return fail(builder.error().message);
   std::fprintf(stderr, "niah: %s, task %s, haystack %s (%lld tokens), %zu keys, %d trial(s) per cell\n",
-               std::filesystem::path(*path).filename().c_str(), o.task.c_str(), hay_source.c_str(),
+               std::filesystem::path(b.model_path).filename().c_str(), o.task.c_str(), hay_source.c_str(),
                static_cast<long long>(builder->haystack_tokens()), builder->keys().size(), o.trials);
 
   ThreadPool pool(o.threads);
   const bool bar_on = show_progress(o.memory);
   std::vector<Cell> cells;  // [kind][length][depth]
-  for (const std::string& requested : *kinds) {
+  for (const std::string& requested : b.kinds) {
     for (size_t li = 0; li < lengths->size(); ++li) {
       const int64_t length = (*lengths)[li];
       const int64_t n_ctx = length + 64;  // room for the answer
       const std::string kind = choose_memory_kind(requested, length, cfg.n_ctx_train);
-      auto memory = make_memory(kind, (*model)->memory_layout(n_ctx), *mem_opts);
+      auto memory = make_memory(kind, b.model->memory_layout(n_ctx), b.memory);
       if (!memory) return fail("--memory: " + memory.error().message);
-      Session session(**model, pool, n_ctx, std::move(*memory));
+      Session session(*b.model, pool, n_ctx, std::move(*memory));
       for (size_t di = 0; di < depths->size(); ++di) {
         Cell cell;
         cell.memory = kind;
@@ -201,9 +193,9 @@ int run(NiahOptions& o) {
   // Table: one block per memory, depth down, length across.
   const size_t nl = lengths->size(), nd = depths->size();
   std::vector<NiahPanel> panels;
-  for (size_t k = 0; k < kinds->size(); ++k) {
+  for (size_t k = 0; k < b.kinds.size(); ++k) {
     const Cell* base = &cells[k * nl * nd];
-    std::string title = (*kinds)[k];
+    std::string title = b.kinds[k];
     std::printf("\nmemory %s, task %s, %d trial(s) per cell: accuracy %% (depth down, length across)\n",
                 title.c_str(), o.task.c_str(), o.trials);
     std::printf("%8s", "depth");
@@ -250,20 +242,20 @@ int run(NiahOptions& o) {
 
   if (!o.json_out.empty()) {
     nlohmann::json j;
-    j["model"] = *path;
+    j["model"] = b.model_path;
     j["task"] = o.task;
     j["haystack"] = hay_source;
     j["trials_per_cell"] = o.trials;
     j["seed"] = o.seed;
     j["threads"] = pool.size();
     j["n_ctx_train"] = cfg.n_ctx_train;
-    j["memory_options"] = {{"sinks", mem_opts->sinks},
-                           {"window", mem_opts->window},
-                           {"block_size", mem_opts->block_size},
-                           {"top_k", mem_opts->top_k},
-                           {"remap", static_cast<bool>(mem_opts->rotate_keys)},
-                           {"compression", block_compression_name(mem_opts->compression)},
-                           {"memory_budget_bytes", mem_opts->memory_budget_bytes}};
+    j["memory_options"] = {{"sinks", b.memory.sinks},
+                           {"window", b.memory.window},
+                           {"block_size", b.memory.block_size},
+                           {"top_k", b.memory.top_k},
+                           {"remap", static_cast<bool>(b.memory.rotate_keys)},
+                           {"compression", block_compression_name(b.memory.compression)},
+                           {"memory_budget_bytes", b.memory.memory_budget_bytes}};
     if (*task == NiahTask::MULTIKEY) j["n_keys"] = o.n_keys;
     if (*task == NiahTask::MULTIVALUE) j["n_values"] = o.n_values;
     j["cells"] = nlohmann::json::array();

@@ -36,19 +36,11 @@ std::string range_name(const PerplexityRange& r) {
 int run(PplOptions& o) {
   auto ctx = parse_token_count(o.ctx);
   if (!ctx) return fail("--ctx: " + ctx.error().message);
-  const std::string kinds_text = o.memory.kind.empty() ? "dense,engram" : o.memory.kind;
-  auto kinds = parse_memory_kinds(kinds_text);
-  if (!kinds) return fail(kinds.error().message);
-  auto mem_opts = memory_options(o.memory);
-  if (!mem_opts) return fail(mem_opts.error().message);
-
-  auto path = resolve_model_path(o.model);
-  if (!path) return fail(path.error().message);
-  auto model = Model::load(*path);
-  if (!model) return fail(model.error().message);
-  if (!o.memory.no_remap) mem_opts->rotate_keys = (*model)->key_rotator();
-  const Tokenizer& tok = (*model)->tokenizer();
-  const ModelConfig& cfg = (*model)->config();
+  auto setup = load_bench_setup(o.model, o.memory, "dense,engram");
+  if (!setup) return fail(setup.error().message);
+  BenchSetup& b = *setup;
+  const Tokenizer& tok = b.model->tokenizer();
+  const ModelConfig& cfg = b.model->config();
 
   std::vector<int64_t> boundaries;
   if (!o.ranges.empty()) {
@@ -77,17 +69,17 @@ int run(PplOptions& o) {
   }
   const int64_t n = static_cast<int64_t>(tokens.size());
   std::fprintf(stderr, "ppl: %s, text %s, %lld tokens, trained context %lld\n",
-               std::filesystem::path(*path).filename().c_str(), source.c_str(), static_cast<long long>(n),
+               std::filesystem::path(b.model_path).filename().c_str(), source.c_str(), static_cast<long long>(n),
                static_cast<long long>(cfg.n_ctx_train));
 
   ThreadPool pool(o.threads);
   nlohmann::json runs = nlohmann::json::array();
   std::vector<std::pair<std::string, PerplexityResult>> results;
-  for (const std::string& requested : *kinds) {
+  for (const std::string& requested : b.kinds) {
     const std::string kind = choose_memory_kind(requested, n, cfg.n_ctx_train);
-    auto memory = make_memory(kind, (*model)->memory_layout(n), *mem_opts);
+    auto memory = make_memory(kind, b.model->memory_layout(n), b.memory);
     if (!memory) return fail("--memory: " + memory.error().message);
-    Session session(**model, pool, n, std::move(*memory));
+    Session session(*b.model, pool, n, std::move(*memory));
     ProgressBar bar("ppl " + kind, n, show_progress(o.memory) && n > o.n_batch);
     PerplexityParams pp;
     pp.n_batch = o.n_batch;
@@ -130,19 +122,19 @@ int run(PplOptions& o) {
   std::fflush(stdout);
 
   if (!o.json_out.empty()) {
-    nlohmann::json j = {{"model", *path},
+    nlohmann::json j = {{"model", b.model_path},
                         {"text", source},
                         {"tokens", n},
                         {"n_ctx_train", cfg.n_ctx_train},
                         {"threads", pool.size()},
                         {"memory_options",
-                         {{"sinks", mem_opts->sinks},
-                          {"window", mem_opts->window},
-                          {"block_size", mem_opts->block_size},
-                          {"top_k", mem_opts->top_k},
-                          {"remap", static_cast<bool>(mem_opts->rotate_keys)},
-                          {"compression", block_compression_name(mem_opts->compression)},
-                          {"memory_budget_bytes", mem_opts->memory_budget_bytes}}},
+                         {{"sinks", b.memory.sinks},
+                          {"window", b.memory.window},
+                          {"block_size", b.memory.block_size},
+                          {"top_k", b.memory.top_k},
+                          {"remap", static_cast<bool>(b.memory.rotate_keys)},
+                          {"compression", block_compression_name(b.memory.compression)},
+                          {"memory_budget_bytes", b.memory.memory_budget_bytes}}},
                         {"runs", runs}};
     std::ofstream f(o.json_out);
     f << j.dump(1) << "\n";
