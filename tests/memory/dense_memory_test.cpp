@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "memory/memory.h"
+#include "naive_attention.h"
 #include "test_support.h"
 
 namespace engram {
@@ -27,52 +28,17 @@ MemoryLayout test_layout(int n_seq = 2, int64_t n_ctx = 24) {
 }
 constexpr int kHeads = 6;
 
-std::vector<float> random_vec(size_t n, std::mt19937& rng) {
-  std::normal_distribution<float> d(0.f, 1.f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+std::vector<float> random_vec(size_t n, std::mt19937& rng) { return test::random_floats(n, rng); }
 
 // What the memory should hold: all keys/values of one (layer, seq).
-struct Stored {
-  std::vector<float> k, v;  // [n, n_kv_head, dim]
-};
+using Stored = test::KvLog;
 
 // Naive causal GQA attention in double, for queries at pos0.. with keys
 // [0, pos+1) except those `absent`.
 std::vector<float> naive_attention(const MemoryLayout& l, const Stored& s, int64_t pos0, int n, const float* q,
                                    float scale, const std::vector<bool>& absent = {}) {
-  std::vector<float> out(static_cast<size_t>(n) * kHeads * l.v_dim, 0.f);
-  const int group = kHeads / l.n_kv_head;
-  for (int i = 0; i < n; ++i) {
-    for (int h = 0; h < kHeads; ++h) {
-      const int kvh = h / group;
-      const float* qh = q + (static_cast<size_t>(i) * kHeads + h) * l.k_dim;
-      std::vector<double> w;
-      std::vector<int64_t> idx;
-      double mx = -1e300;
-      for (int64_t j = 0; j <= pos0 + i; ++j) {
-        if (!absent.empty() && absent[static_cast<size_t>(j)]) continue;
-        double d = 0;
-        for (int c = 0; c < l.k_dim; ++c) d += double(qh[c]) * s.k[(static_cast<size_t>(j) * l.n_kv_head + kvh) * l.k_dim + c];
-        d *= scale;
-        w.push_back(d);
-        idx.push_back(j);
-        mx = std::max(mx, d);
-      }
-      double sum = 0;
-      for (double& x : w) sum += (x = std::exp(x - mx));
-      float* o = out.data() + (static_cast<size_t>(i) * kHeads + h) * l.v_dim;
-      for (int c = 0; c < l.v_dim; ++c) {
-        double acc = 0;
-        for (size_t t = 0; t < w.size(); ++t)
-          acc += w[t] / sum * s.v[(static_cast<size_t>(idx[t]) * l.n_kv_head + kvh) * l.v_dim + c];
-        o[c] = static_cast<float>(acc);
-      }
-    }
-  }
-  return out;
+  auto visible = [&](int64_t, int64_t j, int) { return absent.empty() || !absent[static_cast<size_t>(j)]; };
+  return test::naive_attention(l, kHeads, s, pos0, n, q, scale, visible);
 }
 
 float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
