@@ -11,6 +11,8 @@ PACKAGES=(
   libcli11-dev          # command-line parsing
   libgtest-dev libgmock-dev   # unit tests
   libstb-dev            # PNG heatmaps of `engram bench niah`
+  libcpp-httplib-dev    # HTTP server of `engram serve`
+  libsqlite3-dev        # usage ledger and batch store of `engram serve`
   bible-kjv bible-kjv-text    # default haystack and text of the benchmarks (public-domain KJV)
 )
 

@@ -230,7 +230,7 @@ def _repeat_sample(self, rng, T):
     """Random token strings, each followed by its copy: plain induction
     (copy what followed the last time), the circuit retrieval builds on.
     Only the copies, after their first token, are predictable."""
-    ids, zero = [BOS], set()
+    ids, zero, answers = [BOS], set(), []
     lo = FIRST_WORD_ID
     while True:
         L = rng.randint(8, 32)
@@ -238,12 +238,14 @@ def _repeat_sample(self, rng, T):
             break
         s = [rng.randrange(lo, self.tok.vocab_size) for _ in range(L)]
         zero.update(range(len(ids), len(ids) + L + 1))
+        # Copied tokens after the first: target index t predicts ids[t+1].
+        answers.extend(range(len(ids) + L, len(ids) + 2 * L - 1))
         ids.extend(s + s)
     weights = np.ones(len(ids) - 1, dtype=np.float32)
     for z in zero:
         if 0 < z < len(ids):
             weights[z - 1] = 0.0
-    return dict(ids=ids, weights=weights, answers=[], queries=[], task="repeat")
+    return dict(ids=ids, weights=weights, answers=answers, queries=[[a] for a in answers], task="repeat")
 
 
 TaskMaker.repeat_sample = _repeat_sample

@@ -37,6 +37,9 @@ FIRST_TASK_PROBS = [0.10, 0.15, 0.05, 0.70, 0.0]
 # them the run above showed no in-context copying at all after 950 steps.
 REPEAT_TASK_PROBS = [0.25, 0.30, 0.15, 0.20, 0.10]
 REPEAT_FIRST_TASK_PROBS = [0.10, 0.15, 0.05, 0.40, 0.30]
+# --copy-warmup: copying alone first, until the copied tokens are predicted
+# (an induction head exists); then retrieval, with copying kept in the mix.
+COPY_ONLY_PROBS = [0.0, 0.0, 0.0, 0.0, 1.0]
 HELD_OUT = 0.05  # the last 5% of the verses: haystack for evaluation only
 
 
@@ -47,6 +50,9 @@ def parse_args():
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
     p.add_argument("--repeat-from-step", type=int, default=-1,
                    help="add the repeated-random-string task from this step on (-1: never)")
+    p.add_argument("--copy-warmup", action="store_true",
+                   help="train on repeated random strings alone until --copy-gate, then add retrieval")
+    p.add_argument("--copy-gate", type=float, default=0.9)
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--dim", type=int, default=192)
     p.add_argument("--layers", type=int, default=4)
@@ -190,7 +196,11 @@ def main():
         else:
             T = lengths[rng.randrange(level)]
         B = max(1, args.tokens_per_step // T)
-        if 0 <= args.repeat_from_step <= st["step"]:
+        copying = args.copy_warmup and not st.get("copy_done", False)
+        if copying:
+            T, B = lengths[0], max(1, args.tokens_per_step // lengths[0])
+            probs = COPY_ONLY_PROBS
+        elif args.copy_warmup or 0 <= args.repeat_from_step <= st["step"]:
             probs = REPEAT_FIRST_TASK_PROBS if T == lengths[0] else REPEAT_TASK_PROBS
         else:
             probs = FIRST_TASK_PROBS if T == lengths[0] else TASK_PROBS
@@ -213,10 +223,19 @@ def main():
         acc = query_accuracy(hits, queries)
         # The gate ignores multi-value answers (three values in order: harder,
         # and not one of the targets).
-        good = sum(v[0] for t, v in acc.items() if t != "multivalue")
-        total = sum(v[1] for t, v in acc.items() if t != "multivalue")
+        good = sum(v[0] for t, v in acc.items() if t not in ("multivalue", "repeat"))
+        total = sum(v[1] for t, v in acc.items() if t not in ("multivalue", "repeat"))
         key = str(T)
-        st["ema"][key] = 0.95 * st["ema"].get(key, 0.0) + 0.05 * (good / max(1, total))
+        if "repeat" in acc:
+            g, n = acc["repeat"]
+            st["ema"]["copy"] = 0.9 * st["ema"].get("copy", 0.0) + 0.1 * g / max(1, n)
+        if copying:
+            if st["ema"]["copy"] > args.copy_gate:
+                st["copy_done"] = True
+                log(args.run_dir, f"step {st['step']}: copy accuracy {st['ema']['copy']:.3f}: adding retrieval")
+            total = 0  # the length gate waits for retrieval
+        if total:
+            st["ema"][key] = 0.95 * st["ema"].get(key, 0.0) + 0.05 * (good / total)
         for t, (g, n) in acc.items():
             c = win.setdefault(f"{t}@{T}", [0, 0])
             c[0] += g
@@ -224,7 +243,7 @@ def main():
         win_loss += loss.item()
         win_lm += lm.item()
         win_n += 1
-        if T == lengths[level] and level + 1 < len(lengths) and st["ema"][key] > args.gate:
+        if T == lengths[level] and level + 1 < len(lengths) and st["ema"].get(key, 0.0) > args.gate:
             st["level"] += 1
             log(args.run_dir, f"step {st['step']}: accuracy {st['ema'][key]:.3f} at T={T}: "
                               f"now training up to T={lengths[st['level']]}")

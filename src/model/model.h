@@ -46,6 +46,13 @@ struct ModelConfig {
   RopeConfig rope;
 };
 
+// One sequence's consecutive tokens inside a batched forward call.
+struct BatchSegment {
+  int seq = 0;        // memory sequence the tokens belong to
+  int64_t pos0 = 0;   // position of the segment's first token in that sequence
+  int n = 0;          // number of tokens (they follow the previous segment's in the token array)
+};
+
 class Model {
  public:
   virtual ~Model() = default;
@@ -68,6 +75,16 @@ class Model {
   // per-call arena sized by n; nothing is global.
   virtual Status forward(std::span<const TokenId> tokens, int64_t pos0, int seq, Memory& memory,
                          float* logits, bool all_logits, ThreadPool& pool) = 0;
+
+  // Runs several sequences in one pass (continuous batching in the server):
+  // tokens [sum of segment n] laid out segment after segment. Every
+  // segment's K/V is appended to its own sequence of `memory`; the weights
+  // are read once for all rows. logits: [segments.size(), n_vocab], the
+  // last token's logits of each segment. The result equals forward() run
+  // on each segment alone. The default runs the segments one by one;
+  // architectures override it with one batched pass.
+  virtual Status forward_batch(std::span<const TokenId> tokens, std::span<const BatchSegment> segments,
+                               Memory& memory, float* logits, ThreadPool& pool);
 
   // Moves stored keys (rotated at their positions) to other positions, for
   // memories that remap positions (EngramMemoryOptions::rotate_keys). Keys
