@@ -1,4 +1,5 @@
 // engram bench: benchmarks (niah, ppl), one cmd_bench_*.cpp each.
+#include <algorithm>
 #include "cmd_bench.h"
 
 #include <cstdio>
@@ -33,16 +34,19 @@ Expected<std::string> run_bible_listing() {
 }  // namespace
 
 Expected<BenchSetup> load_bench_setup(const std::string& model_flag, const MemoryFlags& flags,
-                                      const std::string& default_kinds) {
+                                      const std::string& default_kinds, int& n_batch) {
   BenchSetup s;
   auto kinds = parse_memory_kinds(flags.kind.empty() ? default_kinds : flags.kind);
   if (!kinds) return kinds.error();
-  auto memory = memory_options(flags);
-  if (!memory) return memory.error();
   auto path = resolve_model_path(model_flag);
   if (!path) return path.error();
   auto model = Model::load(*path);
   if (!model) return model.error();
+  const int64_t n_ctx_train = (*model)->config().n_ctx_train;
+  if (std::any_of(kinds->begin(), kinds->end(), [](const std::string& k) { return k != "dense"; }))
+    n_batch = fit_prompt_batch(n_batch, n_ctx_train);
+  auto memory = memory_options(flags, n_ctx_train, n_batch);
+  if (!memory) return memory.error();
   s.model_path = *path;
   s.model = std::move(*model);
   s.kinds = std::move(*kinds);

@@ -22,8 +22,11 @@ struct BenchSetup {
   std::vector<std::string> kinds;
   EngramMemoryOptions memory;
 };
+// n_batch (the prompt chunk) is lowered to fit_prompt_batch when a kind
+// other than dense runs; memory options not given by flags are fitted to the
+// model's training context for that chunk.
 Expected<BenchSetup> load_bench_setup(const std::string& model_flag, const MemoryFlags& flags,
-                                      const std::string& default_kinds);
+                                      const std::string& default_kinds, int& n_batch);
 
 Command add_bench_niah_command(CLI::App& bench);
 Command add_bench_ppl_command(CLI::App& bench);

@@ -120,7 +120,7 @@ int run(NiahOptions& o) {
   if (!lengths) return fail("--lengths: " + lengths.error().message);
   auto depths = parse_depths(o.depths);
   if (!depths) return fail("--depths: " + depths.error().message);
-  auto setup = load_bench_setup(o.model, o.memory, "engram");
+  auto setup = load_bench_setup(o.model, o.memory, "engram", o.n_batch);
   if (!setup) return fail(setup.error().message);
   BenchSetup& b = *setup;
   const Tokenizer& tok = b.model->tokenizer();

@@ -36,7 +36,7 @@ std::string range_name(const PerplexityRange& r) {
 int run(PplOptions& o) {
   auto ctx = parse_token_count(o.ctx);
   if (!ctx) return fail("--ctx: " + ctx.error().message);
-  auto setup = load_bench_setup(o.model, o.memory, "dense,engram");
+  auto setup = load_bench_setup(o.model, o.memory, "dense,engram", o.n_batch);
   if (!setup) return fail(setup.error().message);
   BenchSetup& b = *setup;
   const Tokenizer& tok = b.model->tokenizer();

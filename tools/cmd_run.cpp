@@ -48,7 +48,11 @@ int run(RunOptions& o) {
     n_ctx = std::max(n_ctx, need);
   }
   const std::string kind = choose_memory_kind(o.memory.kind, n_ctx, cfg.n_ctx_train);
-  auto mem_opts = memory_options(o.memory);
+  // Beyond dense, the memory layout (and the prompt chunk) not given by
+  // flags is fitted to the training context, so that every attended key
+  // stays within the distances the model was trained on.
+  if (kind != "dense") o.gen.n_batch = fit_prompt_batch(o.gen.n_batch, cfg.n_ctx_train);
+  auto mem_opts = memory_options(o.memory, cfg.n_ctx_train, o.gen.n_batch);
   if (!mem_opts) return fail(mem_opts.error().message);
   if (!o.memory.no_remap) mem_opts->rotate_keys = (*model)->key_rotator();
   auto memory = make_memory(kind, (*model)->memory_layout(n_ctx), *mem_opts);

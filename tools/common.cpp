@@ -82,17 +82,17 @@ std::string join_ids(const std::vector<TokenId>& ids) {
 
 void add_memory_options(CLI::App* app, MemoryFlags& f, const std::string& kind_help, bool top_k_alias) {
   app->add_option("--memory", f.kind, kind_help);
-  app->add_option("--sinks", f.options.sinks, "First positions always attended exactly (window, engram)")
+  f.sinks_option = app->add_option("--sinks", f.options.sinks, "First positions always attended exactly (window, engram; default fitted to the model's training context)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  app->add_option("--window", f.options.window, "Most recent positions always attended exactly (window, engram)")
+  f.window_option = app->add_option("--window", f.options.window, "Most recent positions always attended exactly (window, engram; default fitted to the training context)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app->add_option("--block-size", f.options.block_size, "Positions per retrievable block (engram)")
+  f.block_size_option = app->add_option("--block-size", f.options.block_size, "Positions per retrievable block (engram; default fitted to the training context)")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
-  app->add_option(top_k_alias ? "--top-blocks,--top-k" : "--top-blocks", f.options.top_k,
-                  "Blocks attended per layer and KV head (engram)")
+  f.top_k_option = app->add_option(top_k_alias ? "--top-blocks,--top-k" : "--top-blocks", f.options.top_k,
+                  "Blocks attended per layer and KV head (engram; default fitted to the training context)")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   app->add_option("--memory-budget", f.budget,
@@ -118,6 +118,22 @@ Expected<EngramMemoryOptions> memory_options(const MemoryFlags& f) {
     o.memory_budget_bytes = static_cast<size_t>(*b);
   }
   return o;
+}
+
+ExplicitMemoryOptions MemoryFlags::explicit_fields() const {
+  auto given = [](const CLI::Option* o) { return o != nullptr && o->count() > 0; };
+  ExplicitMemoryOptions e;
+  e.sinks = given(sinks_option);
+  e.window = given(window_option);
+  e.block_size = given(block_size_option);
+  e.top_k = given(top_k_option);
+  return e;
+}
+
+Expected<EngramMemoryOptions> memory_options(const MemoryFlags& flags, int64_t n_ctx_train, int n_batch) {
+  auto o = memory_options(flags);
+  if (!o) return o;
+  return fit_memory_options(*o, flags.explicit_fields(), n_ctx_train, n_batch);
 }
 
 std::string choose_memory_kind(const std::string& requested, int64_t n_ctx, int64_t n_ctx_train) {

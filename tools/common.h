@@ -45,6 +45,13 @@ struct MemoryFlags {
   bool progress = false;       // --progress: show the prefill progress bar even when stderr is no terminal
   bool no_progress = false;    // --no-progress
   bool no_remap = false;       // --no-remap: keys keep their original positions (window, engram)
+  // The options behind --sinks, --window, --block-size, --top-blocks: those
+  // not given are fitted to the model's training context.
+  CLI::Option* sinks_option = nullptr;
+  CLI::Option* window_option = nullptr;
+  CLI::Option* block_size_option = nullptr;
+  CLI::Option* top_k_option = nullptr;
+  ExplicitMemoryOptions explicit_fields() const;
 };
 
 // Adds --memory, --sinks, --window, --block-size, --top-blocks (benches also
@@ -54,6 +61,9 @@ void add_memory_options(CLI::App* app, MemoryFlags& flags, const std::string& ki
 
 // The EngramMemoryOptions the flags ask for; errors name the flag.
 Expected<EngramMemoryOptions> memory_options(const MemoryFlags& flags);
+// Same, with the layout flags not given fitted to a model trained at
+// n_ctx_train positions (fit_memory_options), for prompt chunks of n_batch.
+Expected<EngramMemoryOptions> memory_options(const MemoryFlags& flags, int64_t n_ctx_train, int n_batch);
 
 // The memory to use for a context of n_ctx positions: `requested` when set,
 // else dense when the context fits the model's training context (exact, and

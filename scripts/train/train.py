@@ -53,6 +53,7 @@ def parse_args():
     p.add_argument("--copy-warmup", action="store_true",
                    help="train on repeated random strings alone until --copy-gate, then add retrieval")
     p.add_argument("--copy-gate", type=float, default=0.9)
+    p.add_argument("--copy-len", type=int, default=256, help="sequence length of the copy warm-up")
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--dim", type=int, default=192)
     p.add_argument("--layers", type=int, default=4)
@@ -198,7 +199,7 @@ def main():
         B = max(1, args.tokens_per_step // T)
         copying = args.copy_warmup and not st.get("copy_done", False)
         if copying:
-            T, B = lengths[0], max(1, args.tokens_per_step // lengths[0])
+            T, B = args.copy_len, max(1, args.tokens_per_step // args.copy_len)
             probs = COPY_ONLY_PROBS
         elif args.copy_warmup or 0 <= args.repeat_from_step <= st["step"]:
             probs = REPEAT_FIRST_TASK_PROBS if T == lengths[0] else REPEAT_TASK_PROBS

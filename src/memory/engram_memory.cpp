@@ -64,10 +64,21 @@ struct EngramMemory::Cell {
   int64_t sinks = 0;  // the options' sink count
 };
 
+// What one KV head attends besides its tail, prepared once per attend call
+// (not once per query tile): the sink keys, moved when remapping, and the
+// selected blocks decoded and moved. Rows point into the block units when
+// they need neither decoding nor moving (f32, no remap).
+struct EngramMemory::HeadRows {
+  const float* sink_k = nullptr;    // [n_sink] rows of sink_k_stride floats
+  size_t sink_k_stride = 0;
+  std::vector<float> sink_rot;      // [sinks, k_dim] moved sink keys
+  std::vector<const float*> block_k, block_v;  // [n_sel] -> [B, k_dim], [B, v_dim]
+  std::vector<int64_t> block_pos;   // [n_sel] original position of each block's first row
+  std::vector<float> keys, vals;    // [n_sel, B, k_dim], [n_sel, B, v_dim] decoded/moved rows
+};
+
 // Per-thread attention scratch.
 struct EngramMemory::Scratch {
-  std::vector<float> k_buf, v_buf;  // a decoded unit: [B, k_dim], [B, v_dim]
-  std::vector<float> rot;           // remapped keys of one segment: [max(sinks, B), k_dim]
   std::vector<float> scores;        // [kRows]
   std::vector<float> max, sum;      // online softmax state per (query, head) of an item
   std::vector<float> acc;           // [.., v_dim] unnormalised outputs
@@ -196,8 +207,10 @@ size_t EngramMemory::bytes_outside_store() const {
   for (const auto& s : selection_) bytes += s.capacity() * sizeof(int) + sizeof(s);
   for (const auto& s : sel_units_) bytes += s.capacity() * sizeof(void*) + sizeof(s);
   for (const Scratch& s : scratch_)
-    bytes += sizeof(Scratch) + (s.k_buf.capacity() + s.v_buf.capacity() + s.rot.capacity() + s.scores.capacity() +
-                                s.max.capacity() + s.sum.capacity() + s.acc.capacity()) * sizeof(float);
+    bytes += sizeof(Scratch) + (s.scores.capacity() + s.max.capacity() + s.sum.capacity() + s.acc.capacity()) * sizeof(float);
+  for (const HeadRows& r : head_rows_)
+    bytes += sizeof(HeadRows) + (r.sink_rot.capacity() + r.keys.capacity() + r.vals.capacity()) * sizeof(float) +
+             (r.block_k.capacity() + r.block_v.capacity()) * sizeof(float*) + r.block_pos.capacity() * sizeof(int64_t);
   if (store_) bytes += store_->bytes_used() - store_->resident_bytes();
   return bytes;
 }
@@ -474,7 +487,7 @@ void EngramMemory::select_blocks(const Cell& c, int layer, int64_t n_q, int n_he
 
 void EngramMemory::attend(int layer, int seq, int64_t pos0, int n, int n_head, const float* q, float* out, float scale,
                           ThreadPool& pool) {
-  const int H = layout_.n_kv_head, kd = layout_.k_dim, vd = layout_.v_dim, B = options_.block_size;
+  const int H = layout_.n_kv_head, vd = layout_.v_dim;
   if (n <= 0) return;
   const size_t out_floats = static_cast<size_t>(n) * std::max(n_head, 0) * vd;
   if (!check_layer_seq(layer, seq).is_ok() || H <= 0 || n_head <= 0 || n_head % H != 0) {
@@ -509,12 +522,13 @@ void EngramMemory::attend(int layer, int seq, int64_t pos0, int n, int n_head, c
 
   // 2. Exact attention over sinks + selected blocks + tail, one work item
   //    per (KV head, tile of queries); results do not depend on threads.
+  head_rows_.resize(static_cast<size_t>(H));
+  pool.parallel_for(static_cast<size_t>(H), [&](size_t begin, size_t end, int) {
+    for (size_t g = begin; g < end; ++g) prepare_head(c, layer, static_cast<int>(g), pos0, head_rows_[g]);
+  });
   scratch_.resize(static_cast<size_t>(pool.size()));
   const int64_t tile_rows = std::min(n, kQueryTile) * static_cast<int64_t>(group);
   for (Scratch& s : scratch_) {
-    s.k_buf.resize(static_cast<size_t>(B) * kd);
-    s.v_buf.resize(static_cast<size_t>(B) * vd);
-    if (options_.rotate_keys) s.rot.resize(static_cast<size_t>(std::max(B, options_.sinks)) * kd);
     s.scores.resize(kRows);
     s.max.resize(static_cast<size_t>(tile_rows));
     s.sum.resize(static_cast<size_t>(tile_rows));
@@ -525,8 +539,8 @@ void EngramMemory::attend(int layer, int seq, int64_t pos0, int n, int n_head, c
     for (size_t item = begin; item < end; ++item) {
       const int g = static_cast<int>(item / n_tiles);
       const int tile = static_cast<int>(item % n_tiles);
-      attend_item(c, layer, g, pos0, tile * kQueryTile, std::min(n, (tile + 1) * kQueryTile), n_head, q, out, scale,
-                  scratch_[static_cast<size_t>(thread)]);
+      attend_item(c, g, pos0, tile * kQueryTile, std::min(n, (tile + 1) * kQueryTile), n_head, q, out, scale,
+                  head_rows_[static_cast<size_t>(g)], scratch_[static_cast<size_t>(thread)]);
     }
   });
 
@@ -536,8 +550,61 @@ void EngramMemory::attend(int layer, int seq, int64_t pos0, int n, int n_head, c
   }
 }
 
-void EngramMemory::attend_item(const Cell& c, int layer, int g, int64_t pos0, int i0, int i1, int n_head, const float* q,
-                               float* out, float scale, Scratch& s) const {
+void EngramMemory::prepare_head(const Cell& c, int layer, int g, int64_t pos0, HeadRows& rows) const {
+  const int kd = layout_.k_dim, vd = layout_.v_dim, B = options_.block_size;
+  const size_t kr = k_row();
+  // Remapping (engram_memory.h): how far the sinks and each selected block
+  // move forward; 0 when there is no rotator or nothing to close up.
+  const int64_t n_tail = static_cast<int64_t>(c.tail_k.size() / std::max<size_t>(kr, 1));
+  const bool remap = static_cast<bool>(options_.rotate_keys);
+  const std::vector<int>* sel = mode_ == Mode::ENGRAM ? &selection_[static_cast<size_t>(layer) * layout_.n_kv_head + g]
+                                                       : nullptr;
+  const int64_t n_sel = sel ? static_cast<int64_t>(sel->size()) : 0;
+  // Virtual position right after the blocks: the tail's first attended row.
+  const int64_t virtual_end = mode_ == Mode::ENGRAM ? c.tail_start
+                                                    : std::max<int64_t>(c.tail_start, pos0 - options_.window + 1);
+  int64_t sink_delta = 0;
+  if (remap && c.n_sink() == options_.sinks && (n_tail > 0 || n_sel > 0))
+    sink_delta = std::max<int64_t>(0, virtual_end - n_sel * B - options_.sinks);
+
+  rows.sink_k = c.sink_k.data() + static_cast<size_t>(g) * kd;
+  rows.sink_k_stride = kr;
+  if (c.n_sink() > 0 && sink_delta != 0) {  // this head's sink keys, moved to [virtual_end - n_sel*B - sinks, ..)
+    rows.sink_rot.resize(static_cast<size_t>(c.n_sink()) * kd);
+    for (int64_t r = 0; r < c.n_sink(); ++r)
+      std::memcpy(rows.sink_rot.data() + r * kd, rows.sink_k + r * kr, kd * sizeof(float));
+    options_.rotate_keys(rows.sink_rot.data(), static_cast<int>(c.n_sink()), sink_delta);
+    rows.sink_k = rows.sink_rot.data();
+    rows.sink_k_stride = static_cast<size_t>(kd);
+  }
+
+  rows.block_k.assign(static_cast<size_t>(n_sel), nullptr);
+  rows.block_v.assign(static_cast<size_t>(n_sel), nullptr);
+  rows.block_pos.assign(static_cast<size_t>(n_sel), 0);
+  rows.keys.resize(static_cast<size_t>(n_sel) * B * kd);
+  rows.vals.resize(static_cast<size_t>(n_sel) * B * vd);
+  const std::vector<const uint8_t*>& units = sel_units_[static_cast<size_t>(g)];
+  for (int64_t j = 0; j < n_sel; ++j) {
+    float* k_buf = rows.keys.data() + static_cast<size_t>(j) * B * kd;
+    float* v_buf = rows.vals.data() + static_cast<size_t>(j) * B * vd;
+    const float *keys, *vals;
+    codec_.rows(units[static_cast<size_t>(j)], k_buf, v_buf, &keys, &vals);
+    const int64_t first_pos = options_.sinks + static_cast<int64_t>((*sel)[static_cast<size_t>(j)]) * B;
+    // Selected blocks sit back to back, in their original order, ending at virtual_end.
+    const int64_t delta = remap ? virtual_end - (n_sel - j) * B - first_pos : 0;
+    if (delta != 0) {
+      if (keys != k_buf) std::memcpy(k_buf, keys, static_cast<size_t>(B) * kd * sizeof(float));
+      options_.rotate_keys(k_buf, B, delta);
+      keys = k_buf;
+    }
+    rows.block_k[static_cast<size_t>(j)] = keys;
+    rows.block_v[static_cast<size_t>(j)] = vals;
+    rows.block_pos[static_cast<size_t>(j)] = first_pos;
+  }
+}
+
+void EngramMemory::attend_item(const Cell& c, int g, int64_t pos0, int i0, int i1, int n_head, const float* q,
+                               float* out, float scale, const HeadRows& rows, Scratch& s) const {
   const int kd = layout_.k_dim, vd = layout_.v_dim, B = options_.block_size;
   const int group = n_head / layout_.n_kv_head;
   const size_t kr = k_row(), vr = v_row();
@@ -564,49 +631,13 @@ void EngramMemory::attend_item(const Cell& c, int layer, int g, int64_t pos0, in
     }
   };
 
-  // Remapping (engram_memory.h): how far the sinks and each selected block
-  // move forward; 0 when there is no rotator or nothing to close up.
   const int64_t n_tail = static_cast<int64_t>(c.tail_k.size() / std::max<size_t>(kr, 1));
-  const bool remap = static_cast<bool>(options_.rotate_keys);
-  const std::vector<int>* sel = mode_ == Mode::ENGRAM ? &selection_[static_cast<size_t>(layer) * layout_.n_kv_head + g]
-                                                       : nullptr;
-  const int64_t n_sel = sel ? static_cast<int64_t>(sel->size()) : 0;
-  // Virtual position right after the blocks: the tail's first attended row.
-  const int64_t virtual_end = mode_ == Mode::ENGRAM ? c.tail_start
-                                                    : std::max<int64_t>(c.tail_start, pos0 - options_.window + 1);
-  int64_t sink_delta = 0;
-  if (remap && c.n_sink() == options_.sinks && (n_tail > 0 || n_sel > 0))
-    sink_delta = std::max<int64_t>(0, virtual_end - n_sel * B - options_.sinks);
-
-  if (c.n_sink() > 0) {
-    const float* sk = c.sink_k.data() + static_cast<size_t>(g) * kd;
-    size_t sk_stride = kr;
-    if (sink_delta != 0) {  // this head's sink keys, moved to [virtual_end - n_sel*B - sinks, ..)
-      for (int64_t r = 0; r < c.n_sink(); ++r)
-        std::memcpy(s.rot.data() + r * kd, sk + r * kr, kd * sizeof(float));
-      options_.rotate_keys(s.rot.data(), static_cast<int>(c.n_sink()), sink_delta);
-      sk = s.rot.data();
-      sk_stride = static_cast<size_t>(kd);
-    }
-    segment(sk, sk_stride, c.sink_v.data() + static_cast<size_t>(g) * vd, vr, 0, c.n_sink(), false);
-  }
-  if (sel) {
-    const std::vector<const uint8_t*>& units = sel_units_[static_cast<size_t>(g)];
-    for (size_t j = 0; j < sel->size(); ++j) {
-      const float *keys, *vals;
-      codec_.rows(units[j], s.k_buf.data(), s.v_buf.data(), &keys, &vals);
-      const int64_t first_pos = options_.sinks + static_cast<int64_t>((*sel)[j]) * B;
-      // Selected blocks sit back to back, in their original order, ending at virtual_end.
-      const int64_t delta = remap ? virtual_end - (n_sel - static_cast<int64_t>(j)) * B - first_pos : 0;
-      if (delta != 0) {
-        std::memcpy(s.rot.data(), keys, static_cast<size_t>(B) * kd * sizeof(float));
-        options_.rotate_keys(s.rot.data(), B, delta);
-        keys = s.rot.data();
-      }
-      // Causality uses the original positions: every block precedes every query.
-      segment(keys, static_cast<size_t>(kd), vals, static_cast<size_t>(vd), first_pos, B, false);
-    }
-  }
+  if (c.n_sink() > 0)
+    segment(rows.sink_k, rows.sink_k_stride, c.sink_v.data() + static_cast<size_t>(g) * vd, vr, 0, c.n_sink(), false);
+  // Causality uses the original positions: every block precedes every query.
+  for (size_t j = 0; j < rows.block_k.size(); ++j)
+    segment(rows.block_k[j], static_cast<size_t>(kd), rows.block_v[j], static_cast<size_t>(vd), rows.block_pos[j], B,
+            false);
   if (n_tail > 0)
     segment(c.tail_k.data() + static_cast<size_t>(g) * kd, kr, c.tail_v.data() + static_cast<size_t>(g) * vd, vr,
             c.tail_start, n_tail, mode_ == Mode::WINDOW);

@@ -107,6 +107,7 @@ class EngramMemory final : public Memory {
  private:
   struct Cell;
   struct Scratch;
+  struct HeadRows;
 
   Cell& cell(int layer, int seq);
   const Cell& cell(int layer, int seq) const;
@@ -119,8 +120,9 @@ class EngramMemory final : public Memory {
   void release_cell(Cell& c);
   void update_capacity();
   void select_blocks(const Cell& c, int layer, int64_t n_q, int n_head, const float* q);
-  void attend_item(const Cell& c, int layer, int kvh, int64_t pos0, int i0, int i1, int n_head, const float* q, float* out,
-                   float scale, Scratch& s) const;
+  void prepare_head(const Cell& c, int layer, int kvh, int64_t pos0, HeadRows& rows) const;
+  void attend_item(const Cell& c, int kvh, int64_t pos0, int i0, int i1, int n_head, const float* q, float* out,
+                   float scale, const HeadRows& rows, Scratch& s) const;
   void fail(Status st);
 
   EngramMemoryOptions options_;
@@ -132,6 +134,7 @@ class EngramMemory final : public Memory {
   // Per-call state of attend (one attend runs at a time).
   std::vector<std::vector<int>> selection_;              // [n_layer * n_kv_head] selected blocks
   std::vector<std::vector<const uint8_t*>> sel_units_;   // [n_kv_head] pinned units of the selection
+  std::vector<HeadRows> head_rows_;                      // [n_kv_head] sinks and blocks, decoded and moved
   std::vector<Scratch> scratch_;                         // [pool threads]
   Status last_error_;
 };

@@ -52,6 +52,20 @@ class Memory {
 
   virtual Status save(const std::string& path) const = 0;
   virtual Status load(const std::string& path) = 0;
+
+  // One sequence alone (the server's prefix cache on disk): save_seq writes
+  // positions [0, n) of `seq` (n < 0: all it holds) to `path`; load_seq
+  // replaces whatever `seq` held by such a file's positions. A file fits any
+  // memory of the same kind and layout (n_layer, n_kv_head, k_dim, v_dim),
+  // whatever its n_seq. The default: not supported (an error naming why).
+  virtual Status save_seq(int seq, const std::string& path, int64_t n = -1) const {
+    return make_error(path, ": saving one sequence (", std::to_string(seq), ", ", std::to_string(n),
+                      " positions) is not supported by this memory (only by the dense memory)");
+  }
+  virtual Status load_seq(int seq, const std::string& path) {
+    return make_error(path, ": loading one sequence (", std::to_string(seq),
+                      ") is not supported by this memory (only by the dense memory)");
+  }
   // Bytes of RAM held for keys, values and bookkeeping.
   virtual size_t bytes_used() const = 0;
 
@@ -102,6 +116,28 @@ struct EngramMemoryOptions {
   // Whatever it captures (the model) must outlive the memory.
   KeyRotator rotate_keys;
 };
+
+// Which EngramMemoryOptions fields the user chose (the rest may be fitted).
+struct ExplicitMemoryOptions {
+  bool sinks = false, window = false, block_size = false, top_k = false;
+};
+
+// The longest distance (in positions, remapped) between a query and a key it
+// attends: sinks + top_k blocks + the tail (window + a block being filled +
+// the query chunk of n_batch positions).
+int64_t attended_span(const EngramMemoryOptions& options, int n_batch);
+
+// Options whose attended_span fits a model's training context n_ctx_train,
+// so that a model trained at short context stays in distribution at any
+// context length (with remapping). Fields marked explicit are kept as given;
+// the others shrink from their defaults in proportion. n_ctx_train <= 0 or
+// large enough for the defaults: `options` unchanged.
+EngramMemoryOptions fit_memory_options(EngramMemoryOptions options, const ExplicitMemoryOptions& explicit_fields,
+                                       int64_t n_ctx_train, int n_batch);
+
+// The prompt chunk to use with fitted options: n_batch, but at most a
+// quarter of the training context (a chunk's queries see the whole chunk).
+int fit_prompt_batch(int n_batch, int64_t n_ctx_train);
 
 // StreamingLLM: the first `sinks` and the last `window` positions (per query).
 std::unique_ptr<Memory> make_window_memory(const MemoryLayout& layout, const EngramMemoryOptions& options);

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -92,7 +93,35 @@ struct BatchOptions {
   std::optional<ModelPrice> price;
   // Lines in flight at once (each blocks one executor call).
   int concurrency = 1;
+  // The clock, in seconds since the epoch (UTC): tests inject one to cross
+  // expiry and price windows without waiting.
+  std::function<int64_t()> now_unix;  // empty: the system clock
+  // How often an idle worker looks again (capacity, price windows, the clock).
+  std::chrono::milliseconds poll_interval{50};
+  // Seconds one line takes, to judge whether waiting for a cheaper window
+  // still meets the deadline; <= 0: measured from the lines run so far
+  // (until the first line has run, nothing is known and work starts now).
+  double seconds_per_line = 0;
 };
+
+// Run a batch's remaining work now, or wait for a cheaper price window?
+struct BatchPlan {
+  bool run_now = true;
+  int64_t wait_until_unix = 0;  // when not run_now: the start of the cheaper period
+  double multiplier = 1;        // the window multiplier the work will get
+};
+// Waits for the earliest moment of the cheapest window multiplier that
+// starts before the deadline leaves too little time: the work must be able
+// to finish by expires_at even if it takes twice `estimated_seconds` plus
+// 10 minutes. No price, no windows, or estimated_seconds <= 0 (unknown):
+// now. A pure function, so the decision can be tested alone.
+BatchPlan plan_batch_run(const ModelPrice* price, int64_t now_unix, int64_t expires_at_unix,
+                         double estimated_seconds);
+
+// The error messages of FileStore::get/content/remove and BatchService::get/
+// cancel for an id that does not exist (or belongs to another key) begin
+// with "No such " (the HTTP layer answers 404).
+inline bool is_not_found_error(const std::string& message) { return message.rfind("No such ", 0) == 0; }
 
 class BatchService {
  public:

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -52,6 +53,16 @@ struct UsageRow {             // one group of a usage report
 enum class UsageGroup { NONE, KEY, MODEL, DAY };
 Expected<UsageGroup> parse_usage_group(const std::string& name);  // "key" | "model" | "day" | "none"
 
+// A time for a usage report, in seconds since the epoch (UTC): "2026-11-28"
+// (the start of that day, or with end_of_day the start of the next, so a
+// --to date includes its day), "2026-11-28T16:30:00Z" (also without
+// seconds or the Z), or plain unix seconds. The error names the text.
+Expected<int64_t> parse_usage_time(const std::string& text, bool end_of_day);
+
+// prefix + `hex_chars` random hex digits (std::random_device): "sk-...",
+// "file-...", "batch_...".
+std::string random_id(const std::string& prefix, int hex_chars);
+
 class Ledger {
  public:
   // Opens or creates the database (WAL mode, schema created if missing).
@@ -77,6 +88,13 @@ class Ledger {
                                         UsageGroup group) const;
 
   sqlite3* db() const { return db_; }   // for the batch store, which shares the database
+  const std::string& path() const { return path_; }  // names the database in errors
+
+  // For the batch store: runs `body` holding the connection's mutex, inside
+  // one transaction (BEGIN IMMEDIATE; COMMIT, or ROLLBACK when body fails)
+  // or, for reads, without one. Do not call other Ledger methods from body.
+  Status transaction(const std::function<Status(sqlite3*)>& body) const;
+  Status read(const std::function<Status(sqlite3*)>& body) const;
 
  private:
   explicit Ledger(sqlite3* db, std::string path);

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -44,8 +45,13 @@ class RateLimiter {
   void finish(const std::string& key, int64_t estimated_tokens, int64_t tokens, Clock::time_point now = Clock::now());
 
  private:
+  struct Event {
+    Clock::time_point time;
+    int64_t tokens = 0;
+    bool request = true;  // false: a correction of tokens only (a request that ran past the window)
+  };
   struct Window {
-    std::vector<std::pair<Clock::time_point, int64_t>> events;  // (time, tokens) of the last minute
+    std::deque<Event> events;  // of the last minute, oldest first
     int64_t running = 0;
   };
   std::mutex mutex_;
