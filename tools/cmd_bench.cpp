@@ -1,7 +1,7 @@
 // engram bench: benchmarks (niah, ppl), one cmd_bench_*.cpp each.
-#include <algorithm>
 #include "cmd_bench.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -53,6 +53,36 @@ Expected<BenchSetup> load_bench_setup(const std::string& model_flag, const Memor
   s.memory = std::move(*memory);
   if (!flags.no_remap) s.memory.rotate_keys = s.model->key_rotator();
   return s;
+}
+
+Expected<std::vector<std::string>> load_niah_keys(const std::string& keys_file, const std::string& model_path,
+                                                  const Tokenizer& tok, int needed) {
+  std::vector<std::string> keys;
+  std::string file = keys_file;
+  if (file.empty()) {
+    auto beside = std::filesystem::path(model_path).parent_path() / "engram-keys.txt";
+    std::error_code ec;
+    if (std::filesystem::is_regular_file(beside, ec)) file = beside.string();
+  }
+  if (!file.empty()) {
+    std::ifstream f(file);
+    if (!f) return make_error("--keys: cannot open '", file, "'");
+    std::string line;
+    while (std::getline(f, line)) {
+      for (std::string w; std::istringstream(line) >> w;) {
+        keys.push_back(w);
+        break;
+      }
+    }
+  } else {
+    keys = default_niah_keys();
+  }
+  std::vector<std::string> single;
+  for (const std::string& k : keys) {
+    if (encode_continuation(tok, k).size() == 1) single.push_back(k);
+  }
+  if (static_cast<int>(single.size()) >= std::max(needed, 8)) return single;
+  return keys;
 }
 
 Expected<std::vector<std::string>> load_text_units(const std::string& path, const std::string& what,

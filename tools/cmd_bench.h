@@ -28,6 +28,12 @@ struct BenchSetup {
 Expected<BenchSetup> load_bench_setup(const std::string& model_flag, const MemoryFlags& flags,
                                       const std::string& default_kinds, int& n_batch);
 
+// Needle keys: keys_file, else engram-keys.txt beside the model, else the
+// training code's candidates; the single-token ones are preferred when there
+// are at least max(needed, 8) of them. Error names an unreadable file.
+Expected<std::vector<std::string>> load_niah_keys(const std::string& keys_file, const std::string& model_path,
+                                                  const Tokenizer& tok, int needed);
+
 Command add_bench_niah_command(CLI::App& bench);
 Command add_bench_ppl_command(CLI::App& bench);
 

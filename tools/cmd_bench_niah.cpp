@@ -61,38 +61,6 @@ struct Cell {
   double bytes_per_token() const { return trials ? bytes_per_token_sum / trials : 0; }
 };
 
-// Keys: --keys FILE, else models/engram-keys.txt beside the model, else the
-// training code's candidates; those that are one token are preferred.
-Expected<std::vector<std::string>> load_keys(const NiahOptions& o, const std::string& model_path, const Tokenizer& tok,
-                                             int needed) {
-  std::vector<std::string> keys;
-  std::string file = o.keys_file;
-  if (file.empty()) {
-    auto beside = std::filesystem::path(model_path).parent_path() / "engram-keys.txt";
-    std::error_code ec;
-    if (std::filesystem::is_regular_file(beside, ec)) file = beside.string();
-  }
-  if (!file.empty()) {
-    std::ifstream f(file);
-    if (!f) return make_error("--keys: cannot open '", file, "'");
-    std::string line;
-    while (std::getline(f, line)) {
-      for (std::string w; std::istringstream(line) >> w;) {
-        keys.push_back(w);
-        break;
-      }
-    }
-  } else {
-    keys = default_niah_keys();
-  }
-  std::vector<std::string> single;
-  for (const std::string& k : keys) {
-    if (encode_continuation(tok, k).size() == 1) single.push_back(k);
-  }
-  if (static_cast<int>(single.size()) >= std::max(needed, 8)) return single;
-  return keys;
-}
-
 Status write_image(const std::string& path, const RgbImage& img, std::string* written) {
 #ifdef ENGRAM_HAVE_STB
   if (!stbi_write_png(path.c_str(), img.width, img.height, 3, img.pixels.data(), img.width * 3)) {
@@ -134,7 +102,7 @@ int run(NiahOptions& o) {
   nc.n_keys = o.n_keys;
   nc.n_values = o.n_values;
   nc.templates = o.templates;
-  auto keys = load_keys(o, b.model_path, tok, o.n_keys);
+  auto keys = load_niah_keys(o.keys_file, b.model_path, tok, o.n_keys);
   if (!keys) return fail(keys.error().message);
   auto builder = NiahBuilder::create(tok, *units, *keys, nc);
   if (!builder) return fail(builder.error().message);

@@ -22,5 +22,8 @@ Command add_info_command(CLI::App& parent);
 Command add_quantize_command(CLI::App& parent);
 Command add_convert_llama2c_command(CLI::App& parent);
 Command add_bench_command(CLI::App& parent);
+Command add_usage_command(CLI::App& parent);
+Command add_demo_command(CLI::App& parent);
+Command add_serve_command(CLI::App& parent);
 
 }  // namespace engram::tools

@@ -15,7 +15,9 @@ int main(int argc, char** argv) {
   std::vector<Command> commands = {
       add_run_command(app),     add_logits_command(app),   add_tokenize_command(app),
       add_info_command(app),    add_quantize_command(app), add_convert_llama2c_command(app),
-      add_bench_command(app),
+      add_bench_command(app),   add_demo_command(app),
+      add_usage_command(app),
+      add_serve_command(app),
   };
   try {
     app.parse(argc, argv);

@@ -12,6 +12,7 @@
 // since stored keys carry their RoPE rotation).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -29,6 +30,13 @@ namespace {
 //   per layer, per seq: i64 n_stored | k floats [n_stored*n_kv_head*k_dim] | v floats [n_stored*n_kv_head*v_dim]
 constexpr char kMagic[8] = {'E', 'N', 'G', 'R', 'A', 'M', 'K', 'V'};
 constexpr uint32_t kVersion = 1;
+
+// One sequence alone (save_seq / load_seq), little-endian:
+//   "ENGRAMSQ" | u32 version | u32 n_layer | u32 n_kv_head | u32 k_dim | u32 v_dim
+//   i64 n_positions | n_positions x u8 present
+//   per layer: k floats [n_positions*n_kv_head*k_dim] | v floats [n_positions*n_kv_head*v_dim]
+constexpr char kSeqMagic[8] = {'E', 'N', 'G', 'R', 'A', 'M', 'S', 'Q'};
+constexpr uint32_t kSeqVersion = 1;
 
 struct LayerSeq {
   std::vector<float> k;  // [n_stored, n_kv_head, k_dim]
@@ -250,6 +258,97 @@ class DenseMemory final : public Memory {
       return make_error(path, ": KV file has ", std::to_string(r.remaining()), " unexpected bytes after the data");
     cells_ = std::move(cells);
     present_ = std::move(present);
+    return Status::ok();
+  }
+
+  Status save_seq(int seq, const std::string& path, int64_t n) const override {
+    if (seq < 0 || seq >= layout_.n_seq)
+      return make_error(path, ": cannot save sequence ", std::to_string(seq), ": outside the memory's 0..",
+                        std::to_string(layout_.n_seq - 1));
+    int64_t held = n_positions(seq);
+    for (int l = 0; l < layout_.n_layer; ++l) held = std::min(held, cell(l, seq).n_stored);
+    if (n < 0) n = held;
+    if (n > held)
+      return make_error(path, ": cannot save ", std::to_string(n), " positions of sequence ", std::to_string(seq),
+                        ": it holds ", std::to_string(held), " in every layer");
+    // Written beside the target and renamed over it, so a reader never sees
+    // half a file.
+    const std::string tmp = path + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      if (!out) return make_error(tmp, ": cannot open for writing");
+      auto put = [&](const void* p, size_t bytes) {
+        out.write(static_cast<const char*>(p), static_cast<std::streamsize>(bytes));
+      };
+      put(kSeqMagic, sizeof kSeqMagic);
+      for (uint32_t x : {kSeqVersion, static_cast<uint32_t>(layout_.n_layer), static_cast<uint32_t>(layout_.n_kv_head),
+                         static_cast<uint32_t>(layout_.k_dim), static_cast<uint32_t>(layout_.v_dim)})
+        put(&x, sizeof x);
+      put(&n, sizeof n);
+      put(present_[static_cast<size_t>(seq)].data(), static_cast<size_t>(n));
+      for (int l = 0; l < layout_.n_layer; ++l) {
+        const LayerSeq& c = cell(l, seq);
+        put(c.k.data(), static_cast<size_t>(n) * k_row_size() * sizeof(float));
+        put(c.v.data(), static_cast<size_t>(n) * v_row_size() * sizeof(float));
+      }
+      out.flush();
+      if (!out) {
+        out.close();
+        std::remove(tmp.c_str());
+        return make_error(tmp, ": write failed");
+      }
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+      std::remove(tmp.c_str());
+      return make_error(path, ": cannot rename ", tmp, " to it");
+    }
+    return Status::ok();
+  }
+
+  Status load_seq(int seq, const std::string& path) override {
+    if (seq < 0 || seq >= layout_.n_seq)
+      return make_error(path, ": cannot load into sequence ", std::to_string(seq), ": outside the memory's 0..",
+                        std::to_string(layout_.n_seq - 1));
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return make_error(path, ": cannot open sequence file");
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    ByteReader r(bytes, path);
+    char magic[8];
+    ENGRAM_RETURN_IF_ERROR(r.read_bytes(magic, sizeof magic, "magic"));
+    if (std::memcmp(magic, kSeqMagic, sizeof kSeqMagic) != 0)
+      return make_error(path, ": not an engram sequence file (bad magic)");
+    uint32_t version = 0;
+    ENGRAM_RETURN_IF_ERROR(r.read(version, "version"));
+    if (version != kSeqVersion)
+      return make_error(path, ": sequence file version ", std::to_string(version), " is not supported (expected ",
+                        std::to_string(kSeqVersion), ")");
+    struct Field { const char* name; int expected; };
+    const Field fields[] = {{"n_layer", layout_.n_layer}, {"n_kv_head", layout_.n_kv_head}, {"k_dim", layout_.k_dim},
+                            {"v_dim", layout_.v_dim}};
+    for (const Field& f : fields) {
+      uint32_t got = 0;
+      ENGRAM_RETURN_IF_ERROR(r.read(got, f.name));
+      if (static_cast<int64_t>(got) != f.expected)
+        return make_error(path, ": KV layout mismatch: ", f.name, " is ", std::to_string(got), " in the file but ",
+                          std::to_string(f.expected), " in this memory");
+    }
+    int64_t n = 0;
+    ENGRAM_RETURN_IF_ERROR(check_count(r, n, path, "sequence", seq));
+    std::vector<uint8_t> present(static_cast<size_t>(n));
+    ENGRAM_RETURN_IF_ERROR(r.read_bytes(present.data(), present.size(), "position flags"));
+    std::vector<LayerSeq> cells(static_cast<size_t>(layout_.n_layer));
+    for (LayerSeq& c : cells) {
+      c.n_stored = n;
+      c.k.resize(static_cast<size_t>(n) * k_row_size());
+      c.v.resize(static_cast<size_t>(n) * v_row_size());
+      ENGRAM_RETURN_IF_ERROR(r.read_bytes(c.k.data(), c.k.size() * sizeof(float), "keys"));
+      ENGRAM_RETURN_IF_ERROR(r.read_bytes(c.v.data(), c.v.size() * sizeof(float), "values"));
+    }
+    if (r.remaining() != 0)
+      return make_error(path, ": sequence file has ", std::to_string(r.remaining()),
+                        " unexpected bytes after the data");
+    for (int l = 0; l < layout_.n_layer; ++l) cell(l, seq) = std::move(cells[static_cast<size_t>(l)]);
+    present_[static_cast<size_t>(seq)] = std::move(present);
     return Status::ok();
   }
 

@@ -91,6 +91,7 @@ class EngramMemory final : public Memory {
   Status save(const std::string& path) const override;
   Status load(const std::string& path) override;
   size_t bytes_used() const override;
+  int exact_tail() const override { return mode_ == Mode::ENGRAM ? options_.exact_tail : 0; }
   Status last_error() const override { return last_error_; }
 
   // Inspection (tests, benchmarks).

@@ -69,6 +69,12 @@ class Memory {
   // Bytes of RAM held for keys, values and bookkeeping.
   virtual size_t bytes_used() const = 0;
 
+  // How many positions at the end of a prompt should be run one at a time
+  // (Session::decode). A memory that retrieves once per query chunk (engram)
+  // picks blocks for the chunk's mean query; the last prompt tokens - the
+  // question after a long document - need retrieval by their own queries.
+  virtual int exact_tail() const { return 0; }
+
   // The first error a memory met where the interface has no way to return
   // one (attend: a block could not be read back from its spill file). The
   // memory stays usable; the failed attention wrote zeros, and append
@@ -109,6 +115,9 @@ struct EngramMemoryOptions {
   // Block scoring for a prefill chunk: false scores with the chunk's mean
   // query (cheap, InfLLM-style), true with every query (max over them).
   bool score_every_query = false;
+  // Prompt tokens at the end of each Session::decode call that run one at a
+  // time, each retrieving its own blocks (Memory::exact_tail).
+  int exact_tail = 32;
   // Position remapping (engram_memory.h): when set, sinks and retrieved
   // blocks are rotated at attend time to sit just before the tail, so no
   // attended key is further from a query than sinks + top_k * block_size +

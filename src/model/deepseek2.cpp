@@ -328,18 +328,23 @@ class Deepseek2Model final : public TransformerModel {
 
   void set_prefill(MlaPrefill mode) { prefill_ = mode; }
 
-  Status forward(std::span<const TokenId> tokens, int64_t pos0, int seq, Memory& memory, float* logits,
-                 bool all_logits, ThreadPool& pool) override {
+ protected:
+  // One pass over every row of every segment: forward() and forward_batch().
+  Status run(std::span<const TokenId> tokens, std::span<const BatchSegment> segments, Memory& memory, float* logits,
+             bool all_logits, ThreadPool& pool) override {
     const ModelConfig& c = config_;
-    ENGRAM_RETURN_IF_ERROR(check_forward_args(c, tokens, memory, seq));
+    // Decompressed attention sees only this batch's rows, so it is exact only
+    // for a segment that starts its sequence, and only alone in its batch.
+    auto starts = [&](const BatchSegment& s) { return s.pos0 == 0 && memory.n_positions(s.seq) == 0; };
+    const bool any_starts = std::any_of(segments.begin(), segments.end(), starts);
+    if (prefill_ == MlaPrefill::DECOMPRESSED && any_starts && segments.size() > 1)
+      return run_one_by_one(tokens, segments, memory, logits, pool);
+    const bool decompressed = prefill_ == MlaPrefill::DECOMPRESSED && any_starts;
     const int n = static_cast<int>(tokens.size());
-    if (n == 0) return Status::ok();
     Activations& a = act_;
     a.resize(c, n);
     resize_scratch(n, pool.size());
-    // Decompressed attention sees only this batch, so it is exact only for a
-    // batch that starts the sequence.
-    const bool decompressed = prefill_ == MlaPrefill::DECOMPRESSED && pos0 == 0 && memory.n_positions(seq) == 0;
+    const size_t k_row = static_cast<size_t>(mla_.latent()), v_row = static_cast<size_t>(mla_.kv_lora_rank);
     float* x = a.x.data();  // [n, n_embd]
     embed(head_, tokens, x, c.n_embd);
 
@@ -347,10 +352,10 @@ class Deepseek2Model final : public TransformerModel {
       const Layer& L = layers_[static_cast<size_t>(l)];
       // Attention.
       rms_norm_rows(x, L.attn.attn_norm, a.xb.data(), n, c.n_embd, c.norm_eps, pool);  // xb: [n, n_embd]
-      project_mla(L.attn, n, pos0, a, pool);  // s.q: [n, n_head, k_head]  a.k: [n, latent]  a.v: [n, kv_lora]
-      ENGRAM_RETURN_IF_ERROR(memory.append(l, seq, pos0, n, a.k.data(), a.v.data()));
-      if (decompressed) attend_decompressed(L.attn, n, a, pool);          // s.heads: [n, n_head * v_head]
-      else attend_absorbed(L.attn, l, seq, pos0, n, memory, a, pool);     // s.heads: [n, n_head * v_head]
+      project_mla(L.attn, n, segments, a, pool);  // s.q: [n, n_head, k_head]  a.k: [n, latent]  a.v: [n, kv_lora]
+      ENGRAM_RETURN_IF_ERROR(append_segments(memory, l, segments, a.k.data(), k_row, a.v.data(), v_row));
+      if (decompressed) attend_decompressed(L.attn, n, a, pool);           // s.heads: [n, n_head * v_head]
+      else attend_absorbed(L.attn, l, segments, n, memory, a, pool);       // s.heads: [n, n_head * v_head]
       kernels::matmul(L.attn.wo, s_.heads.data(), a.proj.data(), n, pool);  // [n, n_embd]
       add_in_place(x, a.proj.data(), static_cast<size_t>(n) * c.n_embd);
       // Feed-forward.
@@ -359,11 +364,24 @@ class Deepseek2Model final : public TransformerModel {
       else moe_ffn(L.experts, a.xb.data(), a.proj.data(), n, pool);             // proj: [n, n_embd]
       add_in_place(x, a.proj.data(), static_cast<size_t>(n) * c.n_embd);
     }
-    output_logits(head_, c, x, n, all_logits, logits, a, pool);  // [n or 1, n_vocab]
+    output_logits(head_, c, x, segments, all_logits, logits, a, pool);  // [n or segments, n_vocab]
     return Status::ok();
   }
 
  private:
+  // Each segment as its own batch (the last row's logits of each).
+  Status run_one_by_one(std::span<const TokenId> tokens, std::span<const BatchSegment> segments, Memory& memory,
+                        float* logits, ThreadPool& pool) {
+    size_t first = 0;
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const size_t n = static_cast<size_t>(segments[i].n);
+      float* out = logits ? logits + i * static_cast<size_t>(config_.n_vocab) : nullptr;
+      ENGRAM_RETURN_IF_ERROR(run(tokens.subspan(first, n), segments.subspan(i, 1), memory, out, false, pool));
+      first += n;
+    }
+    return Status::ok();
+  }
+
   void load_attention_weights(WeightLoader& w, int l, MlaWeights& A) {
     const ModelConfig& c = config_;
     const MlaConfig& m = mla_;
@@ -472,7 +490,8 @@ class Deepseek2Model final : public TransformerModel {
 
   // Queries s.q [n, n_head, nope | rope], and what the memory stores: keys
   // a.k [n, c | k_pe] and values a.v [n, c]. RoPE touches q_pe and k_pe only.
-  void project_mla(const MlaWeights& A, int n, int64_t pos0, Activations& a, ThreadPool& pool) {
+  void project_mla(const MlaWeights& A, int n, std::span<const BatchSegment> segments, Activations& a,
+                   ThreadPool& pool) {
     const ModelConfig& c = config_;
     const MlaConfig& m = mla_;
     Scratch& s = s_;
@@ -484,8 +503,8 @@ class Deepseek2Model final : public TransformerModel {
       kernels::matmul(A.wq, a.xb.data(), s.q.data(), n, pool);      // [n, n_head * k_head]
     }
     kernels::matmul(A.wkv_a, a.xb.data(), s.kv_a.data(), n, pool);  // [n, kv_lora + rope]
-    rope_.apply(s.q.data() + m.nope, n, c.n_head, m.k_head(), pos0, a.rope);        // q_pe of every head
-    rope_.apply(s.kv_a.data() + m.kv_lora_rank, n, 1, m.latent(), pos0, a.rope);   // the shared k_pe
+    rope_segments(rope_, s.q.data() + m.nope, segments, c.n_head, m.k_head(), a.rope);     // q_pe of every head
+    rope_segments(rope_, s.kv_a.data() + m.kv_lora_rank, segments, 1, m.latent(), a.rope);  // the shared k_pe
     const size_t R = static_cast<size_t>(m.kv_lora_rank), L = static_cast<size_t>(m.latent());
     for (int t = 0; t < n; ++t) {
       const float* in = s.kv_a.data() + t * L;
@@ -505,10 +524,10 @@ class Deepseek2Model final : public TransformerModel {
   }
 
   // MQA over the stored latents: a.q [n, n_head, W_UK_h^T q_nope | q_pe]
-  // against the single KV head, a.att [n, n_head, kv_lora] out, then W_UV_h
-  // per head into s.heads [n, n_head, v_head].
-  void attend_absorbed(const MlaWeights& A, int layer, int seq, int64_t pos0, int n, Memory& memory, Activations& a,
-                       ThreadPool& pool) {
+  // against the single KV head (each segment in its own sequence), a.att
+  // [n, n_head, kv_lora] out, then W_UV_h per head into s.heads [n, n_head, v_head].
+  void attend_absorbed(const MlaWeights& A, int layer, std::span<const BatchSegment> segments, int n, Memory& memory,
+                       Activations& a, ThreadPool& pool) {
     const ModelConfig& c = config_;
     const MlaConfig& m = mla_;
     Scratch& s = s_;
@@ -524,7 +543,13 @@ class Deepseek2Model final : public TransformerModel {
         std::memcpy(a.q.data() + (t * c.n_head + h) * L + R, s.q.data() + t * q_stride + q_off + nope,
                     rope * sizeof(float));
     }
-    memory.attend(layer, seq, pos0, n, c.n_head, a.q.data(), a.att.data(), m.kq_scale, pool);  // [n, n_head, kv_lora]
+    const size_t q_row = static_cast<size_t>(c.n_head) * L, att_row = static_cast<size_t>(c.n_head) * R;
+    size_t first = 0;
+    for (const BatchSegment& seg : segments) {
+      memory.attend(layer, seg.seq, seg.pos0, seg.n, c.n_head, a.q.data() + first * q_row, a.att.data() + first * att_row,
+                    m.kq_scale, pool);  // [seg.n, n_head, kv_lora]
+      first += static_cast<size_t>(seg.n);
+    }
     expand_values(A, a.att.data(), n, pool);
   }
 

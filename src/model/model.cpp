@@ -62,20 +62,15 @@ MemoryLayout Model::memory_layout(int64_t n_ctx, int n_seq) const {
 
 Status Model::forward_batch(std::span<const TokenId> tokens, std::span<const BatchSegment> segments,
                             Memory& memory, float* logits, ThreadPool& pool) {
+  ENGRAM_RETURN_IF_ERROR(transformer::check_batch_args(config_, tokens, segments, memory));
   const size_t n_vocab = static_cast<size_t>(config_.n_vocab);
-  size_t offset = 0;
+  size_t first = 0;
   for (size_t i = 0; i < segments.size(); ++i) {
     const BatchSegment& s = segments[i];
-    if (s.n <= 0 || offset + static_cast<size_t>(s.n) > tokens.size())
-      return make_error("forward_batch: segment ", std::to_string(i), " (", std::to_string(s.n),
-                        " tokens) does not fit the ", std::to_string(tokens.size()), " tokens given");
-    ENGRAM_RETURN_IF_ERROR(forward(tokens.subspan(offset, static_cast<size_t>(s.n)), s.pos0, s.seq, memory,
-                                   logits + i * n_vocab, /*all_logits=*/false, pool));
-    offset += static_cast<size_t>(s.n);
+    ENGRAM_RETURN_IF_ERROR(forward(tokens.subspan(first, static_cast<size_t>(s.n)), s.pos0, s.seq, memory,
+                                   logits ? logits + i * n_vocab : nullptr, /*all_logits=*/false, pool));
+    first += static_cast<size_t>(s.n);
   }
-  if (offset != tokens.size())
-    return make_error("forward_batch: segments cover ", std::to_string(offset), " of ", std::to_string(tokens.size()),
-                      " tokens");
   return Status::ok();
 }
 

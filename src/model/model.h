@@ -77,7 +77,8 @@ class Model {
                          float* logits, bool all_logits, ThreadPool& pool) = 0;
 
   // Runs several sequences in one pass (continuous batching in the server):
-  // tokens [sum of segment n] laid out segment after segment. Every
+  // tokens [sum of segment n] laid out segment after segment, each segment
+  // with n >= 1 and a sequence no other segment of the call uses. Every
   // segment's K/V is appended to its own sequence of `memory`; the weights
   // are read once for all rows. logits: [segments.size(), n_vocab], the
   // last token's logits of each segment. The result equals forward() run

@@ -38,12 +38,12 @@ class Qwen3Model final : public TransformerModel {
     return w.status();
   }
 
-  Status forward(std::span<const TokenId> tokens, int64_t pos0, int seq, Memory& memory, float* logits,
-                 bool all_logits, ThreadPool& pool) override {
+ protected:
+  // One pass over every row of every segment: forward() and forward_batch().
+  Status run(std::span<const TokenId> tokens, std::span<const BatchSegment> segments, Memory& memory, float* logits,
+             bool all_logits, ThreadPool& pool) override {
     const ModelConfig& c = config_;
-    ENGRAM_RETURN_IF_ERROR(check_forward_args(c, tokens, memory, seq));
     const int n = static_cast<int>(tokens.size());
-    if (n == 0) return Status::ok();
     Activations& a = act_;
     a.resize(c, n);
     float* x = a.x.data();  // [n, n_embd]
@@ -56,16 +56,16 @@ class Qwen3Model final : public TransformerModel {
       project_qkv(L.attn, a.xb.data(), n, a, pool);  // q: [n, n_head, head_dim]  k, v: [n, n_head_kv, head_dim(_v)]
       rms_norm_rows_in_place(a.q.data(), L.q_norm, n * c.n_head, c.head_dim, c.norm_eps);  // per head
       rms_norm_rows_in_place(a.k.data(), L.k_norm, n * c.n_head_kv, c.head_dim, c.norm_eps);
-      rope_.apply(a.q.data(), n, c.n_head, c.head_dim, pos0, a.rope);
-      rope_.apply(a.k.data(), n, c.n_head_kv, c.head_dim, pos0, a.rope);
-      ENGRAM_RETURN_IF_ERROR(attend_and_project(L.attn, l, seq, pos0, n, c, memory, a, pool));  // proj: [n, n_embd]
+      rope_segments(rope_, a.q.data(), segments, c.n_head, c.head_dim, a.rope);  // each at its own positions
+      rope_segments(rope_, a.k.data(), segments, c.n_head_kv, c.head_dim, a.rope);
+      ENGRAM_RETURN_IF_ERROR(attend_and_project(L.attn, l, segments, c, memory, a, pool));  // proj: [n, n_embd]
       add_in_place(x, a.proj.data(), static_cast<size_t>(n) * c.n_embd);
       // Feed-forward.
       rms_norm_rows(x, L.ffn_norm, a.xb.data(), n, c.n_embd, c.norm_eps, pool);
       swiglu_ffn(L.ffn, a.xb.data(), a.proj.data(), n, c, a, pool);  // proj: [n, n_embd]
       add_in_place(x, a.proj.data(), static_cast<size_t>(n) * c.n_embd);
     }
-    output_logits(head_, c, x, n, all_logits, logits, a, pool);  // [n or 1, n_vocab]
+    output_logits(head_, c, x, segments, all_logits, logits, a, pool);  // [n or segments, n_vocab]
     return Status::ok();
   }
 

@@ -1,5 +1,6 @@
 #include "model/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -223,12 +224,41 @@ void project_qkv(const Attention& w, const float* x, int n, Activations& a, Thre
   kernels::matmul(w.wv, x, a.v.data(), n, pool);  // [n, n_head_kv * head_dim_v]
 }
 
-Status attend_and_project(const Attention& w, int layer, int seq, int64_t pos0, int n, const ModelConfig& c,
-                          Memory& memory, Activations& a, ThreadPool& pool) {
-  ENGRAM_RETURN_IF_ERROR(memory.append(layer, seq, pos0, n, a.k.data(), a.v.data()));
+void rope_segments(const Rope& rope, float* x, std::span<const BatchSegment> segments, int n_heads, int head_dim,
+                   std::vector<float>& cache) {
+  const size_t row = static_cast<size_t>(n_heads) * head_dim;
+  size_t first = 0;
+  for (const BatchSegment& s : segments) {
+    rope.apply(x + first * row, s.n, n_heads, head_dim, s.pos0, cache);
+    first += static_cast<size_t>(s.n);
+  }
+}
+
+Status append_segments(Memory& memory, int layer, std::span<const BatchSegment> segments, const float* k,
+                       size_t k_row, const float* v, size_t v_row) {
+  size_t first = 0;  // the segment's first row
+  for (const BatchSegment& s : segments) {
+    ENGRAM_RETURN_IF_ERROR(memory.append(layer, s.seq, s.pos0, s.n, k + first * k_row, v + first * v_row));
+    first += static_cast<size_t>(s.n);
+  }
+  return Status::ok();
+}
+
+Status attend_and_project(const Attention& w, int layer, std::span<const BatchSegment> segments,
+                          const ModelConfig& c, Memory& memory, Activations& a, ThreadPool& pool) {
+  const size_t q_row = static_cast<size_t>(c.n_head) * c.head_dim;
+  const size_t k_row = static_cast<size_t>(c.n_head_kv) * c.head_dim;
+  const size_t v_row = static_cast<size_t>(c.n_head_kv) * c.head_dim_v;
+  const size_t att_row = static_cast<size_t>(c.n_head) * c.head_dim_v;
   const float scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
-  memory.attend(layer, seq, pos0, n, c.n_head, a.q.data(), a.att.data(), scale, pool);  // [n, n_head * head_dim_v]
-  kernels::matmul(w.wo, a.att.data(), a.proj.data(), n, pool);                         // [n, n_embd]
+  ENGRAM_RETURN_IF_ERROR(append_segments(memory, layer, segments, a.k.data(), k_row, a.v.data(), v_row));
+  size_t first = 0;  // the segment's first row
+  for (const BatchSegment& s : segments) {
+    memory.attend(layer, s.seq, s.pos0, s.n, c.n_head, a.q.data() + first * q_row, a.att.data() + first * att_row,
+                  scale, pool);  // [s.n, n_head * head_dim_v]
+    first += static_cast<size_t>(s.n);
+  }
+  kernels::matmul(w.wo, a.att.data(), a.proj.data(), static_cast<int>(first), pool);  // [n, n_embd]
   return Status::ok();
 }
 
@@ -237,6 +267,21 @@ TransformerModel::TransformerModel(std::shared_ptr<const gguf::File> file, std::
   file_ = std::move(file);
   tokenizer_ = std::move(tokenizer);
   config_ = std::move(config);
+}
+
+Status TransformerModel::forward(std::span<const TokenId> tokens, int64_t pos0, int seq, Memory& memory,
+                                 float* logits, bool all_logits, ThreadPool& pool) {
+  if (tokens.empty()) return check_forward_args(config_, tokens, memory, seq);
+  const BatchSegment one{seq, pos0, static_cast<int>(tokens.size())};
+  ENGRAM_RETURN_IF_ERROR(check_batch_args(config_, tokens, {&one, 1}, memory));
+  return run(tokens, {&one, 1}, memory, logits, all_logits, pool);
+}
+
+Status TransformerModel::forward_batch(std::span<const TokenId> tokens, std::span<const BatchSegment> segments,
+                                       Memory& memory, float* logits, ThreadPool& pool) {
+  ENGRAM_RETURN_IF_ERROR(check_batch_args(config_, tokens, segments, memory));
+  if (segments.empty()) return Status::ok();
+  return run(tokens, segments, memory, logits, /*all_logits=*/false, pool);
 }
 
 KeyRotator TransformerModel::key_rotator() const {
@@ -270,6 +315,42 @@ Status check_forward_args(const ModelConfig& c, std::span<const TokenId> tokens,
       return make_error("token id ", std::to_string(t), " is outside the vocabulary (", std::to_string(c.n_vocab),
                         " tokens)");
   return Status::ok();
+}
+
+Status check_batch_args(const ModelConfig& c, std::span<const TokenId> tokens, std::span<const BatchSegment> segments,
+                        const Memory& memory) {
+  ENGRAM_RETURN_IF_ERROR(check_forward_args(c, tokens, memory, /*seq=*/0));  // layout and token ids
+  const int n_seq = memory.layout().n_seq;
+  std::vector<int> owner(static_cast<size_t>(std::max(n_seq, 0)), -1);  // seq -> segment using it
+  size_t covered = 0;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const BatchSegment& s = segments[i];
+    const std::string which = "forward_batch: segment " + std::to_string(i);
+    if (s.n <= 0) return make_error(which, " has ", std::to_string(s.n), " tokens (needs at least 1)");
+    if (s.pos0 < 0) return make_error(which, " starts at negative position ", std::to_string(s.pos0));
+    if (s.seq < 0 || s.seq >= n_seq)
+      return make_error(which, ": sequence ", std::to_string(s.seq), " outside the memory's 0..",
+                        std::to_string(n_seq - 1));
+    int& first_user = owner[static_cast<size_t>(s.seq)];
+    if (first_user >= 0)
+      return make_error(which, ": sequence ", std::to_string(s.seq), " is already segment ",
+                        std::to_string(first_user), "'s (one segment per sequence)");
+    first_user = static_cast<int>(i);
+    if (covered + static_cast<size_t>(s.n) > tokens.size())
+      return make_error(which, " (", std::to_string(s.n), " tokens from token ", std::to_string(covered),
+                        ") runs past the ", std::to_string(tokens.size()), " tokens given");
+    covered += static_cast<size_t>(s.n);
+  }
+  if (covered != tokens.size())
+    return make_error("forward_batch: segments cover ", std::to_string(covered), " of the ",
+                      std::to_string(tokens.size()), " tokens given");
+  return Status::ok();
+}
+
+int total_rows(std::span<const BatchSegment> segments) {
+  int n = 0;
+  for (const BatchSegment& s : segments) n += s.n;
+  return n;
 }
 
 TensorView slice_matrix(const TensorView& t, int64_t i) {
@@ -326,15 +407,23 @@ void swiglu_ffn(const SwiGluFfn& f, const float* x, float* out, int n, const Mod
   kernels::matmul(f.down, a.hidden.data(), out, n, pool);  // [n, n_embd]
 }
 
-void output_logits(const Head& head, const ModelConfig& c, const float* x, int n, bool all_logits, float* logits,
-                   Activations& a, ThreadPool& pool) {
+void output_logits(const Head& head, const ModelConfig& c, const float* x, std::span<const BatchSegment> segments,
+                   bool all_logits, float* logits, Activations& a, ThreadPool& pool) {
   if (!logits) return;  // a caller that only fills the memory (prompt prefix) wants none
-  // Only the rows whose logits are wanted go through the norm and the head.
-  const int first = all_logits ? 0 : n - 1;
-  const int rows = n - first;
-  rms_norm_rows(x + static_cast<size_t>(first) * c.n_embd, head.output_norm, a.xb.data(), rows, c.n_embd, c.norm_eps,
-                pool);
-  kernels::matmul(head.output, a.xb.data(), logits, rows, pool);  // [rows, n_vocab]
+  const size_t D = static_cast<size_t>(c.n_embd);
+  if (all_logits) {
+    const int n = total_rows(segments);
+    rms_norm_rows(x, head.output_norm, a.xb.data(), n, c.n_embd, c.norm_eps, pool);
+    kernels::matmul(head.output, a.xb.data(), logits, n, pool);  // [n, n_vocab]
+    return;
+  }
+  // Only each segment's last row goes through the norm and the head.
+  size_t end = 0;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    end += static_cast<size_t>(segments[i].n);
+    kernels::rms_norm(x + (end - 1) * D, head.output_norm, a.xb.data() + i * D, D, c.norm_eps);
+  }
+  kernels::matmul(head.output, a.xb.data(), logits, static_cast<int>(segments.size()), pool);  // [segments, n_vocab]
 }
 
 }  // namespace engram::transformer

@@ -3,13 +3,17 @@
 // lookup with presence/shape/type checks, the activation arena, and the
 // sub-blocks every one of them uses (RMSNorm, SwiGLU FFN, output head).
 //
-// Each architecture file keeps its own forward() readable top to bottom; only
-// the pieces that are identical across architectures live here.
+// Each architecture file keeps its own forward pass readable top to bottom;
+// only the pieces that are identical across architectures live here. That
+// one body serves forward() (one segment) and forward_batch() (several
+// sequences at once): every row goes through the norms, matmuls and FFN
+// together, and only RoPE and attention loop over the segments.
 #pragma once
 
 #include <deque>
 #include <initializer_list>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -101,10 +105,21 @@ Attention load_attention(WeightLoader& w, int layer, const ModelConfig& c);
 // a.q, a.k, a.v = projections of x   x: [n, n_embd]
 void project_qkv(const Attention& w, const float* x, int n, Activations& a, ThreadPool& pool);
 
-// Stores a.k/a.v (already rotated) for positions pos0.. in `memory`, attends
-// with a.q (scale 1/sqrt(head_dim)) into a.att and projects: a.proj = wo(a.att).
-Status attend_and_project(const Attention& w, int layer, int seq, int64_t pos0, int n, const ModelConfig& c,
-                          Memory& memory, Activations& a, ThreadPool& pool);
+// Rotates x [n, n_heads, head_dim] with RoPE, each segment's rows at their
+// own positions (segment i's rows start at its pos0).
+void rope_segments(const Rope& rope, float* x, std::span<const BatchSegment> segments, int n_heads, int head_dim,
+                   std::vector<float>& cache);
+
+// Stores each segment's rows of k [n, k_row] and v [n, v_row] in its own
+// sequence of `memory` at its positions.
+Status append_segments(Memory& memory, int layer, std::span<const BatchSegment> segments, const float* k,
+                       size_t k_row, const float* v, size_t v_row);
+
+// Per segment: stores its rows of a.k/a.v (already rotated) in its sequence
+// of `memory` and attends with its rows of a.q (scale 1/sqrt(head_dim)) into
+// a.att; then projects every row at once: a.proj = wo(a.att).
+Status attend_and_project(const Attention& w, int layer, std::span<const BatchSegment> segments,
+                          const ModelConfig& c, Memory& memory, Activations& a, ThreadPool& pool);
 
 struct SwiGluFfn {
   TensorView gate;  // ne {n_embd, n_ff}
@@ -120,10 +135,23 @@ class TransformerModel : public Model {
   TransformerModel(std::shared_ptr<const gguf::File> file, std::unique_ptr<Tokenizer> tokenizer, ModelConfig config);
 
  public:
+  // Both check their arguments and run the architecture's run(): forward()
+  // as a batch of one segment.
+  Status forward(std::span<const TokenId> tokens, int64_t pos0, int seq, Memory& memory, float* logits,
+                 bool all_logits, ThreadPool& pool) final;
+  Status forward_batch(std::span<const TokenId> tokens, std::span<const BatchSegment> segments, Memory& memory,
+                       float* logits, ThreadPool& pool) final;
+
   // Rotates whole key heads (head_dim) with rope_ (llama, qwen2, qwen3).
   KeyRotator key_rotator() const override;
 
  protected:
+  // The architecture's forward pass over checked segments (check_batch_args):
+  // tokens [sum of n], segment after segment. logits (may be null): the
+  // last row of each segment [segments, n_vocab], or with all_logits (only
+  // ever given one segment) every row [n, n_vocab].
+  virtual Status run(std::span<const TokenId> tokens, std::span<const BatchSegment> segments, Memory& memory,
+                     float* logits, bool all_logits, ThreadPool& pool) = 0;
 
   Head head_;
   Rope rope_;
@@ -134,6 +162,11 @@ class TransformerModel : public Model {
 // Checks that `memory` can hold this model's keys and values and that every
 // token id is in the vocabulary.
 Status check_forward_args(const ModelConfig& c, std::span<const TokenId> tokens, const Memory& memory, int seq);
+// The same for a batch, and that the segments tile `tokens` in order, each
+// with n > 0, pos0 >= 0 and its own sequence (no sequence twice). Errors
+// name the segment at fault.
+Status check_batch_args(const ModelConfig& c, std::span<const TokenId> tokens, std::span<const BatchSegment> segments,
+                        const Memory& memory);
 
 // Matrix i of a 3-D tensor (one expert of ne {n_in, n_out, n_expert}, one
 // head of attn_k_b): ne {ne0, ne1}, pointing into t's data.
@@ -159,10 +192,13 @@ void add_in_place(float* x, const float* y, size_t count);
 void swiglu_ffn(const SwiGluFfn& f, const float* x, float* out, int n, const ModelConfig& c, Activations& a,
                 ThreadPool& pool);
 
-// logits = output(RMSNorm(x) * output_norm) for every row (all_logits) or only
-// the last; nothing when logits is null.
-// x: [n, n_embd]; logits: [n or 1, n_vocab]. Uses a.xb as scratch.
-void output_logits(const Head& head, const ModelConfig& c, const float* x, int n, bool all_logits, float* logits,
-                   Activations& a, ThreadPool& pool);
+// logits = output(RMSNorm(x) * output_norm) for every row (all_logits) or
+// for the last row of each segment; nothing when logits is null.
+// x: [n, n_embd]; logits: [n or segments, n_vocab]. Uses a.xb as scratch.
+void output_logits(const Head& head, const ModelConfig& c, const float* x, std::span<const BatchSegment> segments,
+                   bool all_logits, float* logits, Activations& a, ThreadPool& pool);
+
+// Rows in all segments together.
+int total_rows(std::span<const BatchSegment> segments);
 
 }  // namespace engram::transformer

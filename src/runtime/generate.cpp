@@ -41,15 +41,19 @@ Status Session::decode(std::span<const TokenId> tokens, int n_batch, std::vector
     first_row = all_logits->size();
     all_logits->resize(first_row + static_cast<size_t>(n) * n_vocab);
   }
-  for (int64_t i = 0; i < n; i += batch) {
-    const int64_t len = std::min(batch, n - i);
+  // Without all logits (a prompt before generation), the memory's exact
+  // tail runs one token per forward call.
+  const int64_t tail = all_logits == nullptr ? std::clamp<int64_t>(memory_->exact_tail(), 0, n - 1) : 0;
+  for (int64_t i = 0; i < n;) {
+    const int64_t len = i < n - tail ? std::min(batch, n - tail - i) : 1;
     auto chunk = tokens.subspan(static_cast<size_t>(i), static_cast<size_t>(len));
     float* out = all_logits != nullptr ? all_logits->data() + first_row + static_cast<size_t>(i) * n_vocab
                                        : last_logits_.data();
     ENGRAM_RETURN_IF_ERROR(model_.forward(chunk, n_past_, 0, *memory_, out, all_logits != nullptr, pool_));
     ENGRAM_RETURN_IF_ERROR(memory_->last_error());  // e.g. a spilled block that could not be read back
     n_past_ += len;
-    if (progress) progress(i + len, n);
+    i += len;
+    if (progress) progress(i, n);
   }
   if (all_logits != nullptr) {
     const float* last = all_logits->data() + all_logits->size() - n_vocab;
@@ -61,6 +65,12 @@ Status Session::decode(std::span<const TokenId> tokens, int n_batch, std::vector
 void Session::reset() {
   memory_->remove(0, 0, -1);
   n_past_ = 0;
+}
+
+void Session::rewind(int64_t n_past) {
+  if (n_past < 0 || n_past >= n_past_) return;
+  memory_->remove(0, n_past, -1);
+  n_past_ = n_past;
 }
 
 const char* stop_reason_name(StopReason r) {

@@ -60,6 +60,10 @@ class Session {
 
   // Forgets everything (the memory and the position).
   void reset();
+  // Forgets the positions from n_past on (n_past <= n_past()): asking
+  // several questions about one long prefilled document. logits() is stale
+  // until the next decode.
+  void rewind(int64_t n_past);
 
  private:
   Model& model_;

@@ -58,6 +58,11 @@ struct GenerationResult {
   double queue_seconds = 0;      // submit -> first scheduled
   double time_to_first_token = 0;  // submit -> first generated token
   double generate_seconds = 0;   // first token -> done
+  // Text released only at the end, which no TokenEvent carried: what was
+  // held back (a possible stop string's start, an unfinished UTF-8
+  // character) when an end-of-generation token or a cancel ended the
+  // request. `text` ends with it; a stream sends it last.
+  std::string tail;
 };
 
 struct GenerationRequest {
@@ -107,6 +112,9 @@ struct EngineOptions {
   // the hash of their tokens. "": RAM only (the slots' own K/V).
   std::string cache_dir;
   int64_t cache_dir_max_bytes = 1LL << 30;
+  // Prompt prefixes are saved to and found in cache_dir at multiples of this
+  // many tokens (a prompt shorter than one block is not saved).
+  int cache_block = 256;
 };
 
 // A fixed-bucket histogram (Prometheus: cumulative buckets, sum, count).
@@ -128,6 +136,12 @@ struct EngineMetrics {
   uint64_t generation_tokens_total = 0;
   uint64_t prefix_cache_queries = 0;      // prompt tokens looked up
   uint64_t prefix_cache_hits = 0;         // of them, found in the cache
+  uint64_t prefix_cache_disk_hits = 0;    // of the hits, loaded from cache_dir
+  // Scheduler activity: forward passes, those that ran more than one
+  // sequence (continuous batching at work), and the most sequences in one.
+  uint64_t batch_steps = 0;
+  uint64_t multi_sequence_steps = 0;
+  int max_sequences_per_step = 0;
   Histogram time_to_first_token = Histogram::seconds();
   Histogram inter_token_latency = Histogram::seconds();
   Histogram queue_time = Histogram::seconds();

@@ -124,6 +124,22 @@ TEST_F(Stories, SessionLogitsMatchLlamaCpp) {
   EXPECT_FALSE(small.decode(seq, 512));
 }
 
+TEST_F(Stories, RewindForgetsTheTailAndGivesTheSameLogitsAgain) {
+  ThreadPool pool(1);
+  Session s(*model_, pool, 256);
+  ASSERT_TRUE(s.decode(prompt_, 64).is_ok());
+  const int64_t doc = s.n_past();
+  const std::vector<TokenId> question = {greedy_[0], greedy_[1], greedy_[2]};
+  ASSERT_TRUE(s.decode(question, 64).is_ok());
+  const std::vector<float> first(s.logits().begin(), s.logits().end());
+  s.rewind(doc);
+  EXPECT_EQ(s.n_past(), doc);
+  EXPECT_EQ(s.memory().n_positions(0), doc);
+  ASSERT_TRUE(s.decode(question, 64).is_ok());
+  ASSERT_EQ(s.logits().size(), first.size());
+  for (size_t i = 0; i < first.size(); ++i) ASSERT_FLOAT_EQ(s.logits()[i], first[i]) << "logit " << i;
+}
+
 TEST_F(Stories, SeededSamplingIsRepeatable) {
   auto sample = [&](uint64_t seed) {
     Session s(*model_, pool_);

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "run_engram.h"
 #include "test_support.h"
 
 namespace engram {
@@ -16,45 +17,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) {
-    if (c == '\'') q += "'\\''";
-    else q += c;
-  }
-  return q + "'";
-}
-
-// Runs `engram args...`; stdout and stderr go to files in a temp dir.
-// The directory for one test process's captured output, removed at exit.
-struct IoDir {
-  fs::path path = test::temp_dir("cli-io");
-  ~IoDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-Result engram(const std::vector<std::string>& args) {
-  static const IoDir io;
-  const fs::path& dir = io.path;
-  std::string cmd = shell_quote(ENGRAM_BINARY);
-  for (const auto& a : args) cmd += " " + shell_quote(a);
-  const fs::path out = dir / "stdout", err = dir / "stderr";
-  cmd += " >" + shell_quote(out.string()) + " 2>" + shell_quote(err.string()) + " </dev/null";
-  const int status = std::system(cmd.c_str());
-  Result r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-  r.out = test::read_text_file(out);
-  r.err = test::read_text_file(err);
-  return r;
-}
+using Result = test::CliResult;
+Result engram(const std::vector<std::string>& args) { return test::run_engram(args); }
 
 nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(test::read_text_file(p)); }
 

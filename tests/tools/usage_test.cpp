@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "server/ledger.h"
+#include "run_engram.h"
 #include "test_support.h"
 
 namespace engram {
@@ -17,28 +18,12 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono;
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-};
+using CliRun = test::CliResult;
 
-std::string quoted(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-CliRun engram_usage(const fs::path& dir, const std::vector<std::string>& args) {
-  std::string cmd = quoted(ENGRAM_BINARY) + " usage";
-  for (const auto& a : args) cmd += " " + quoted(a);
-  const fs::path out = dir / "stdout", err = dir / "stderr";
-  cmd += " >" + quoted(out.string()) + " 2>" + quoted(err.string()) + " </dev/null";
-  const int status = std::system(cmd.c_str());
-  CliRun r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = test::read_text_file(out);
-  r.err = test::read_text_file(err);
-  return r;
+CliRun engram_usage(const fs::path&, const std::vector<std::string>& args) {
+  std::vector<std::string> all = {"usage"};
+  all.insert(all.end(), args.begin(), args.end());
+  return test::run_engram(all);
 }
 
 // The table's rows: first column -> the six numbers after it.
