@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds engram and runs the whole test suite:
 #   1. Release build, every unit and end-to-end test (CTest + GoogleTest);
-#   2. ASan+UBSan build of the unit tests, run under the sanitizers;
-#   3. the GGUF reader fuzzer for a bounded time (ENGRAM_FUZZ_SECONDS, default 60).
+#   2. `engram serve` driven by the official openai npm client (tests/js:
+#      chat, batch API, 64-client load test, kill -9 crash test);
+#   3. ASan+UBSan build of the unit tests, run under the sanitizers;
+#   4. the GGUF reader fuzzer for a bounded time (ENGRAM_FUZZ_SECONDS, default 60).
 # Tests that need ../shared/ref skip with a printed reason when it is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,9 @@ cmake --build build -j "$jobs"
 
 step "tests (release)"
 ctest --test-dir build --output-on-failure -j "$jobs"
+
+step "server tests with the openai npm client"
+bash scripts/test-js.sh build/engram
 
 step "ASan+UBSan build"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENGRAM_SANITIZE=ON >/dev/null
