@@ -207,29 +207,10 @@ class DenseMemory final : public Memory {
   }
 
   Status load(const std::string& path) override {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return make_error(path, ": cannot open KV file");
-    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::vector<char> bytes;
+    ENGRAM_RETURN_IF_ERROR(read_file_bytes(path, "KV file", bytes));
     ByteReader r(bytes, path);
-
-    char magic[8];
-    ENGRAM_RETURN_IF_ERROR(r.read_bytes(magic, sizeof magic, "magic"));
-    if (std::memcmp(magic, kMagic, sizeof kMagic) != 0) return make_error(path, ": not an engram KV file (bad magic)");
-    uint32_t version = 0;
-    ENGRAM_RETURN_IF_ERROR(r.read(version, "version"));
-    if (version != kVersion)
-      return make_error(path, ": KV file version ", std::to_string(version), " is not supported (expected ",
-                        std::to_string(kVersion), ")");
-    struct Field { const char* name; int expected; };
-    const Field fields[] = {{"n_layer", layout_.n_layer}, {"n_kv_head", layout_.n_kv_head}, {"k_dim", layout_.k_dim},
-                            {"v_dim", layout_.v_dim},     {"n_seq", layout_.n_seq}};
-    for (const Field& f : fields) {
-      uint32_t got = 0;
-      ENGRAM_RETURN_IF_ERROR(r.read(got, f.name));
-      if (static_cast<int64_t>(got) != f.expected)
-        return make_error(path, ": KV layout mismatch: ", f.name, " is ", std::to_string(got), " in the file but ",
-                          std::to_string(f.expected), " in this memory");
-    }
+    ENGRAM_RETURN_IF_ERROR(read_header(r, path, {kMagic, kVersion, "KV file", /*with_n_seq=*/true}));
 
     // Parse into fresh storage so a bad file leaves the memory untouched.
     std::vector<std::vector<uint8_t>> present(present_.size());
@@ -309,29 +290,10 @@ class DenseMemory final : public Memory {
     if (seq < 0 || seq >= layout_.n_seq)
       return make_error(path, ": cannot load into sequence ", std::to_string(seq), ": outside the memory's 0..",
                         std::to_string(layout_.n_seq - 1));
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return make_error(path, ": cannot open sequence file");
-    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::vector<char> bytes;
+    ENGRAM_RETURN_IF_ERROR(read_file_bytes(path, "sequence file", bytes));
     ByteReader r(bytes, path);
-    char magic[8];
-    ENGRAM_RETURN_IF_ERROR(r.read_bytes(magic, sizeof magic, "magic"));
-    if (std::memcmp(magic, kSeqMagic, sizeof kSeqMagic) != 0)
-      return make_error(path, ": not an engram sequence file (bad magic)");
-    uint32_t version = 0;
-    ENGRAM_RETURN_IF_ERROR(r.read(version, "version"));
-    if (version != kSeqVersion)
-      return make_error(path, ": sequence file version ", std::to_string(version), " is not supported (expected ",
-                        std::to_string(kSeqVersion), ")");
-    struct Field { const char* name; int expected; };
-    const Field fields[] = {{"n_layer", layout_.n_layer}, {"n_kv_head", layout_.n_kv_head}, {"k_dim", layout_.k_dim},
-                            {"v_dim", layout_.v_dim}};
-    for (const Field& f : fields) {
-      uint32_t got = 0;
-      ENGRAM_RETURN_IF_ERROR(r.read(got, f.name));
-      if (static_cast<int64_t>(got) != f.expected)
-        return make_error(path, ": KV layout mismatch: ", f.name, " is ", std::to_string(got), " in the file but ",
-                          std::to_string(f.expected), " in this memory");
-    }
+    ENGRAM_RETURN_IF_ERROR(read_header(r, path, {kSeqMagic, kSeqVersion, "sequence file", /*with_n_seq=*/false}));
     int64_t n = 0;
     ENGRAM_RETURN_IF_ERROR(check_count(r, n, path, "sequence", seq));
     std::vector<uint8_t> present(static_cast<size_t>(n));
@@ -370,6 +332,45 @@ class DenseMemory final : public Memory {
       return make_error("KV memory: layer ", std::to_string(layer), " outside 0..", std::to_string(layout_.n_layer - 1));
     if (seq < 0 || seq >= layout_.n_seq)
       return make_error("KV memory: sequence ", std::to_string(seq), " outside 0..", std::to_string(layout_.n_seq - 1));
+    return Status::ok();
+  }
+
+  // The two file formats share their header: magic, version and layout
+  // (the whole-memory file adds n_seq).
+  struct FileKind {
+    const char* magic;  // 8 bytes
+    uint32_t version;
+    const char* name;   // "KV file" | "sequence file", for errors
+    bool with_n_seq;
+  };
+  Status read_header(ByteReader& r, const std::string& path, const FileKind& kind) const {
+    char magic[8];
+    ENGRAM_RETURN_IF_ERROR(r.read_bytes(magic, sizeof magic, "magic"));
+    if (std::memcmp(magic, kind.magic, sizeof magic) != 0)
+      return make_error(path, ": not an engram ", kind.name, " (bad magic)");
+    uint32_t version = 0;
+    ENGRAM_RETURN_IF_ERROR(r.read(version, "version"));
+    if (version != kind.version)
+      return make_error(path, ": ", kind.name, " version ", std::to_string(version), " is not supported (expected ",
+                        std::to_string(kind.version), ")");
+    struct Field { const char* name; int expected; };
+    const Field fields[] = {{"n_layer", layout_.n_layer}, {"n_kv_head", layout_.n_kv_head}, {"k_dim", layout_.k_dim},
+                            {"v_dim", layout_.v_dim},     {"n_seq", layout_.n_seq}};
+    for (const Field& f : fields) {
+      if (!kind.with_n_seq && std::strcmp(f.name, "n_seq") == 0) continue;
+      uint32_t got = 0;
+      ENGRAM_RETURN_IF_ERROR(r.read(got, f.name));
+      if (static_cast<int64_t>(got) != f.expected)
+        return make_error(path, ": KV layout mismatch: ", f.name, " is ", std::to_string(got), " in the file but ",
+                          std::to_string(f.expected), " in this memory");
+    }
+    return Status::ok();
+  }
+
+  static Status read_file_bytes(const std::string& path, const char* name, std::vector<char>& bytes) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return make_error(path, ": cannot open ", name);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     return Status::ok();
   }
 

@@ -582,7 +582,9 @@ struct BatchService::Impl {
                                  {"code", nullptr}}}};
     } else {
       try {
-        std::tie(status_code, response) = executor(job.endpoint, body, job.owner_key);
+        const BatchLineRequest request{job.endpoint, std::move(body), job.owner_key,
+                                       job.batch_id + ":" + std::to_string(job.line)};
+        std::tie(status_code, response) = executor(request);
       } catch (const std::exception& e) {
         status_code = 500;
         response = json{{"error", {{"message", std::string("the batch request failed: ") + e.what()},

@@ -79,12 +79,22 @@ struct BatchObject {
   nlohmann::json to_json() const;  // OpenAI's batch object
 };
 
-// Runs one line of a batch: the endpoint, the line's body and the owner's
-// key. Returns the HTTP status and the response body, exactly what the
-// endpoint would have answered (usage billed at the batch multiplier).
-// Blocks until the request is done.
-using BatchExecutor = std::function<std::pair<int, nlohmann::json>(
-    const std::string& endpoint, const nlohmann::json& body, const std::string& owner_key)>;
+// One line of a batch, as handed to the executor.
+struct BatchLineRequest {
+  std::string endpoint;        // "/v1/chat/completions" | "/v1/completions"
+  nlohmann::json body;         // the line's request body
+  std::string owner_key;       // the batch owner's API key ("" without authentication)
+  // "batch_...:N", N the line's number in the input file: the same for
+  // every run of the line. A line run again
+  // after a crash (answered and billed, but killed before its answer was
+  // stored) is billed under the same id, which the ledger records once.
+  std::string line_id;
+};
+
+// Runs one line of a batch. Returns the HTTP status and the response body,
+// exactly what the endpoint would have answered (usage billed at the batch
+// multiplier, under the line's id). Blocks until the request is done.
+using BatchExecutor = std::function<std::pair<int, nlohmann::json>(const BatchLineRequest& line)>;
 
 struct BatchOptions {
   // True when interactive load leaves room for a batch request now.

@@ -195,6 +195,7 @@ struct Job {
   std::string key;
   std::string limiter_key;  // batch work has its own window, apart from the key's interactive limits
   bool batch = false;
+  std::string batch_line;   // "batch_...:N" for batch work: the ledger bills each line once
   bool include_usage = false;
   std::chrono::system_clock::time_point started;  // prices use the window in force here
   int64_t estimated_tokens = 0;
@@ -414,18 +415,25 @@ struct HttpServer::Impl {
     rec.usage = u;
     rec.cost = cost;
     rec.batch = job.batch;
+    rec.batch_line = job.batch_line;
     rec.finish = finish_reason_name(r.finish);
-    Status st = ledger->record(rec);
-    if (!st)
+    Expected<bool> recorded = ledger->record(rec);
+    if (!recorded) {
       std::fprintf(stderr, "engram: ledger: request %s not recorded: %s\n", rec.request_id.c_str(),
-                   st.message().c_str());
+                   recorded.error().message.c_str());
+    } else if (!*recorded) {
+      std::fprintf(stderr, "engram: ledger: batch line %s was already billed; its rerun is not billed again\n",
+                   rec.batch_line.c_str());
+    }
     if (job.admitted) limiter.finish(job.limiter_key, job.estimated_tokens, u.prompt_tokens + u.completion_tokens);
   }
 
-  // Admits the caller and submits to the engine. On success `job` runs and
-  // `headers` holds the x-ratelimit-* headers for the response.
-  std::optional<ApiError> start(Prepared& prep, const Caller& caller, bool batch, std::shared_ptr<Job>& job,
-                                Headers& headers) {
+  // Admits the caller and submits to the engine: an interactive request, or
+  // the batch line `batch_line`. On success `job` runs and `headers` holds
+  // the x-ratelimit-* headers for the response.
+  std::optional<ApiError> start(Prepared& prep, const Caller& caller, const std::optional<std::string>& batch_line,
+                                std::shared_ptr<Job>& job, Headers& headers) {
+    const bool batch = batch_line.has_value();
     if (stopping) return shutting_down_error();
     const CompletionParams& p = prep.params;
     job = std::make_shared<Job>(prep.start_in_reasoning);
@@ -434,6 +442,7 @@ struct HttpServer::Impl {
     job->key = caller.key;
     job->limiter_key = batch ? "batch:" + caller.key : caller.key;
     job->batch = batch;
+    job->batch_line = batch_line.value_or("");
     job->include_usage = p.stream && p.include_usage;
     job->started = std::chrono::system_clock::now();
     job->split_reasoning = p.endpoint == Endpoint::CHAT;
@@ -680,7 +689,7 @@ struct HttpServer::Impl {
     if (auto e = prepare(body, endpoint, prep)) return send_error(res, *e);
     std::shared_ptr<Job> job;
     Headers headers;
-    if (auto e = start(prep, caller, /*batch=*/false, job, headers)) return send_error(res, *e);
+    if (auto e = start(prep, caller, /*batch_line=*/std::nullopt, job, headers)) return send_error(res, *e);
     add_headers(res, headers);
 
     if (!prep.params.stream) {
@@ -1040,7 +1049,10 @@ struct HttpServer::Impl {
     send_json(res, 200, b->to_json());
   }
 
-  std::pair<int, json> execute_batch_line(const std::string& endpoint, const json& body, const std::string& owner_key) {
+  std::pair<int, json> execute_batch_line(const BatchLineRequest& line) {
+    const std::string& endpoint = line.endpoint;
+    const json& body = line.body;
+    const std::string& owner_key = line.owner_key;
     Endpoint ep;
     if (endpoint == "/v1/chat/completions")
       ep = Endpoint::CHAT;
@@ -1071,7 +1083,7 @@ struct HttpServer::Impl {
     // A full queue is no answer for a batch line: it waits its turn (the
     // service only starts lines when there is capacity, so this is rare).
     for (;;) {
-      std::optional<ApiError> e = start(prep, caller, /*batch=*/true, job, headers);
+      std::optional<ApiError> e = start(prep, caller, line.line_id, job, headers);
       if (!e) break;
       if (e->code != "queue_full" || stopping) return {e->status, e->to_json()};
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -1204,9 +1216,7 @@ Expected<std::unique_ptr<HttpServer>> HttpServer::create(Engine& engine, ServerO
   Impl* impl = &s;
   s.batches = std::make_unique<BatchService>(
       *s.ledger, *s.files,
-      [impl](const std::string& endpoint, const json& body, const std::string& owner) {
-        return impl->execute_batch_line(endpoint, body, owner);
-      },
+      [impl](const BatchLineRequest& line) { return impl->execute_batch_line(line); },
       std::move(bo));
   if (Status st = s.batches->start(); !st) return Error{st.message()};
 
@@ -1284,9 +1294,8 @@ const std::string& HttpServer::model_id() const { return impl_->opts.model_id; }
 bool HttpServer::auth_enabled() const { return impl_->auth; }
 Ledger& HttpServer::ledger() { return *impl_->ledger; }
 
-std::pair<int, json> HttpServer::execute_batch_line(const std::string& endpoint, const json& body,
-                                                    const std::string& owner_key) {
-  return impl_->execute_batch_line(endpoint, body, owner_key);
+std::pair<int, json> HttpServer::execute_batch_line(const BatchLineRequest& line) {
+  return impl_->execute_batch_line(line);
 }
 
 }  // namespace engram::server

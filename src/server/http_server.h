@@ -21,6 +21,7 @@
 
 #include "server/config.h"
 #include "server/engine.h"
+#include "server/batch.h"
 #include "server/ledger.h"
 #include "util/status.h"
 
@@ -62,10 +63,10 @@ class HttpServer {
   bool auth_enabled() const;  // keys configured, --api-key given, or an admin key
   Ledger& ledger();
 
-  // The batch API's executor: runs one line's body as `endpoint` would, for
-  // the owner's key, at batch priority and billed as batch. Blocks until done.
-  std::pair<int, nlohmann::json> execute_batch_line(const std::string& endpoint, const nlohmann::json& body,
-                                                    const std::string& owner_key);
+  // The batch API's executor: runs one line's body as its endpoint would,
+  // for the owner's key, at batch priority, billed as batch under the line's
+  // id (once, however often the line runs). Blocks until done.
+  std::pair<int, nlohmann::json> execute_batch_line(const BatchLineRequest& line);
 
  private:
   HttpServer();

@@ -17,7 +17,8 @@
 namespace engram::server {
 namespace {
 
-constexpr int kSchemaVersion = 1;
+// Version 2 added usage.batch_line (a batch line is billed once).
+constexpr int kSchemaVersion = 2;
 constexpr int kBusyTimeoutMs = 10000;
 
 // Version 1. Timestamps are seconds since the epoch (UTC). A NULL balance is
@@ -51,7 +52,9 @@ CREATE TABLE usage(
   multiplier REAL NOT NULL,
   price_window TEXT NOT NULL,
   batch INTEGER NOT NULL,
-  finish TEXT NOT NULL);
+  finish TEXT NOT NULL,
+  batch_line TEXT);
+CREATE UNIQUE INDEX usage_by_batch_line ON usage(batch_line) WHERE batch_line IS NOT NULL;
 CREATE INDEX usage_by_time ON usage(created_unix);
 CREATE INDEX usage_by_key ON usage(api_key, created_unix);
 CREATE TABLE files(
@@ -108,6 +111,18 @@ Status set_wal_mode(sqlite3* db, const std::string& file) {
   return Status::ok();
 }
 
+// Version 1 had no usage.batch_line: older rows keep NULL there.
+Status migrate_from_version_1(sqlite3* db, const std::string& file) {
+  ENGRAM_RETURN_IF_ERROR(sql::exec(db, file,
+                                   "ALTER TABLE usage ADD COLUMN batch_line TEXT;"
+                                   "CREATE UNIQUE INDEX usage_by_batch_line ON usage(batch_line) "
+                                   "WHERE batch_line IS NOT NULL;",
+                                   "migrate the ledger schema from version 1"));
+  sql::Statement v(db, file, "UPDATE meta SET value = ? WHERE key = 'schema_version'");
+  v.bind(1, std::to_string(kSchemaVersion));
+  return v.run("write the schema version");
+}
+
 // Creates the schema in an empty database, or checks the version of an
 // existing ledger. A database with other tables is not ours: refuse it.
 Status ensure_schema(sqlite3* db, const std::string& file) {
@@ -128,6 +143,7 @@ Status ensure_schema(sqlite3* db, const std::string& file) {
     if (!found) return found.error();
     if (!*found) return make_error(file, ": not an engram ledger (meta has no schema_version)");
     const std::string version = v.text(0);
+    if (version == "1") return migrate_from_version_1(db, file);
     if (version != std::to_string(kSchemaVersion)) {
       return make_error(file, ": ledger schema version ", version, " is not the version this engram uses (",
                         std::to_string(kSchemaVersion), ")");
@@ -311,20 +327,27 @@ std::vector<KeyRecord> Ledger::list_keys() const {
   return keys;
 }
 
-Status Ledger::record(const UsageRecord& r) {
-  return transaction([&](sqlite3* db) -> Status {
+Expected<bool> Ledger::record(const UsageRecord& r) {
+  bool inserted = false;
+  Status st = transaction([&](sqlite3* db) -> Status {
+    // OR IGNORE: only the unique batch_line can conflict.
     sql::Statement ins(db, path_,
-                       "INSERT INTO usage(request_id, api_key, model, endpoint, created_unix, prompt_tokens, "
+                       "INSERT OR IGNORE INTO usage(request_id, api_key, model, endpoint, created_unix, prompt_tokens, "
                        "cached_tokens, completion_tokens, reasoning_tokens, cost_usd, input_miss_usd, input_hit_usd, "
-                       "output_usd, multiplier, price_window, batch, finish) "
-                       "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                       "output_usd, multiplier, price_window, batch, finish, batch_line) "
+                       "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
     ins.bind(1, r.request_id).bind(2, r.key).bind(3, r.model).bind(4, r.endpoint).bind(5, r.created_unix);
     ins.bind(6, r.usage.prompt_tokens).bind(7, r.usage.cached_tokens).bind(8, r.usage.completion_tokens);
     ins.bind(9, r.usage.reasoning_tokens).bind(10, r.cost.usd).bind(11, r.cost.input_miss_usd);
     ins.bind(12, r.cost.input_hit_usd).bind(13, r.cost.output_usd).bind(14, r.cost.multiplier);
     ins.bind(15, r.cost.window).bind(16, r.batch).bind(17, r.finish);
+    if (r.batch_line.empty())
+      ins.bind_null(18);
+    else
+      ins.bind(18, r.batch_line);
     ENGRAM_RETURN_IF_ERROR(ins.run("record usage"));
-    if (r.key.empty() || r.cost.usd == 0) return Status::ok();
+    inserted = sqlite3_changes(db) == 1;
+    if (!inserted || r.key.empty() || r.cost.usd == 0) return Status::ok();
     // The debit may take the balance below zero for the request that used
     // it up; admission refuses the next one.
     sql::Statement debit(db, path_,
@@ -333,6 +356,8 @@ Status Ledger::record(const UsageRecord& r) {
     debit.bind(1, r.cost.usd).bind(2, r.key);
     return debit.run("debit a balance");
   });
+  if (!st) return Error{st.message()};
+  return inserted;
 }
 
 Expected<std::vector<UsageRow>> Ledger::usage(const std::string& key, int64_t from_unix, int64_t to_unix,

@@ -40,6 +40,9 @@ struct UsageRecord {
   Usage usage;
   Cost cost;
   bool batch = false;
+  // "batch_...:N" for a batch line, else "". A line is billed once: a second
+  // record for the same line (run again after a crash) is ignored.
+  std::string batch_line;
   std::string finish;         // "stop" | "length" | "cancelled" | "error"
 };
 
@@ -81,7 +84,9 @@ class Ledger {
   std::vector<KeyRecord> list_keys() const;
 
   // One transaction: the usage row, and the debit of the key's balance.
-  Status record(const UsageRecord& record);
+  // Returns false (and changes nothing) when record.batch_line was already
+  // billed.
+  Expected<bool> record(const UsageRecord& record);
 
   // Usage between [from_unix, to_unix) (0: open), for one key or all ("").
   Expected<std::vector<UsageRow>> usage(const std::string& key, int64_t from_unix, int64_t to_unix,

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -60,16 +62,18 @@ struct FakeExecutor {
   std::mutex mutex;
   std::vector<std::string> seen;  // contents, in call order
   std::string last_endpoint, last_owner;
+  std::vector<std::string> line_ids;  // in call order
   std::function<void()> during;   // runs inside each call (clock moves, blocking)
 
   BatchExecutor fn() {
-    return [this](const std::string& endpoint, const json& body, const std::string& owner) {
-      const std::string content = body["messages"][0]["content"].get<std::string>();
+    return [this](const BatchLineRequest& line) {
+      const std::string content = line.body["messages"][0]["content"].get<std::string>();
       {
         std::lock_guard<std::mutex> lock(mutex);
         seen.push_back(content);
-        last_endpoint = endpoint;
-        last_owner = owner;
+        last_endpoint = line.endpoint;
+        last_owner = line.owner_key;
+        line_ids.push_back(line.line_id);
       }
       calls++;
       if (during) during();
@@ -219,6 +223,12 @@ TEST_F(BatchTest, CompleteFlowWritesOpenAIOutputAndErrorFiles) {
   EXPECT_EQ(ex.calls.load(), 4);
   EXPECT_EQ(ex.last_endpoint, "/v1/chat/completions");
   EXPECT_EQ(ex.last_owner, "sk-a");
+  // Each line is billed under "<batch id>:<line number in the input file>"
+  // (the ledger bills it once); the blank third line has no request.
+  std::vector<std::string> line_ids = ex.line_ids;
+  std::sort(line_ids.begin(), line_ids.end());
+  EXPECT_EQ(line_ids, (std::vector<std::string>{created.id + ":1", created.id + ":2", created.id + ":4",
+                                                created.id + ":5"}));
 
   json j = done.to_json();
   EXPECT_EQ(j["object"], "batch");

@@ -1027,15 +1027,27 @@ TEST_F(HttpFake, BatchLineWaitsForAFullQueue) {
     std::this_thread::sleep_for(300ms);
     engine->queue_full = false;
   });
-  auto [status, body] = h->server->execute_batch_line("/v1/chat/completions", chat_body("x", 2), "");
+  auto [status, body] = h->server->execute_batch_line({"/v1/chat/completions", chat_body("x", 2), "", "batch_t:0"});
   release.join();
   EXPECT_EQ(status, 200) << body.dump();
   EXPECT_EQ(body["choices"][0]["message"]["content"], engine->script_text(2));
   const auto rows = h->rows();
   ASSERT_EQ(rows.size(), 1u);
   EXPECT_TRUE(rows[0].batch);
-  auto [bad_status, bad] = h->server->execute_batch_line("/v1/embeddings", json::object(), "");
+  auto [bad_status, bad] = h->server->execute_batch_line({"/v1/embeddings", json::object(), "", "batch_t:1"});
   EXPECT_EQ(bad_status, 400);
+}
+
+// The same line run twice (as after kill -9 between billing and storing
+// its answer) answers both times but is billed once.
+TEST_F(HttpFake, BatchLineRunTwiceIsBilledOnce) {
+  auto h = start();
+  const BatchLineRequest line{"/v1/chat/completions", chat_body("x", 2), "", "batch_t:7"};
+  auto [first, a] = h->server->execute_batch_line(line);
+  auto [second, b] = h->server->execute_batch_line(line);
+  EXPECT_EQ(first, 200) << a.dump();
+  EXPECT_EQ(second, 200) << b.dump();
+  EXPECT_EQ(h->rows().size(), 1u);
 }
 
 // A batch file of three lines, one of them for a model that does not exist.

@@ -66,8 +66,67 @@ TEST_F(LedgerTest, OpensInWalModeWithAVersionedSchema) {
   auto l = open();
   ASSERT_TRUE(l);
   EXPECT_EQ(pragma(l->db(), "PRAGMA journal_mode"), "wal");
-  EXPECT_EQ(pragma(l->db(), "SELECT value FROM meta WHERE key = 'schema_version'"), "1");
+  EXPECT_EQ(pragma(l->db(), "SELECT value FROM meta WHERE key = 'schema_version'"), "2");
   EXPECT_EQ(l->path(), path_);
+}
+
+// A batch line run again after a crash (billed, then killed before its
+// answer was stored) must not be billed twice.
+TEST_F(LedgerTest, ABatchLineIsBilledOnce) {
+  auto l = open();
+  ASSERT_TRUE(l);
+  auto a = l->create_key("alice", {}, 1.0);
+  ASSERT_TRUE(a);
+  UsageRecord first = usage_record(a->key, "m", 1000, 100, 0, 10, 0.25);
+  first.batch = true;
+  first.batch_line = "batch_abc:3";
+  auto billed = l->record(first);
+  ASSERT_TRUE(billed) << billed.error().message;
+  EXPECT_TRUE(*billed);
+  UsageRecord rerun = first;
+  rerun.request_id = "chatcmpl-other";
+  rerun.usage.completion_tokens = 12;  // a sampled rerun may differ; the first bill stands
+  auto again = l->record(rerun);
+  ASSERT_TRUE(again) << again.error().message;
+  EXPECT_FALSE(*again);
+  EXPECT_NEAR(*l->find_key(a->key)->balance_usd, 0.75, 1e-12);
+  auto rows = l->usage(a->key, 0, 0, UsageGroup::NONE);
+  ASSERT_TRUE(rows);
+  EXPECT_EQ((*rows)[0].requests, 1);
+  EXPECT_EQ((*rows)[0].completion_tokens, 10);
+
+  // Another line, and requests outside batches (no line id), bill as usual.
+  UsageRecord other = first;
+  other.batch_line = "batch_abc:4";
+  EXPECT_TRUE(*l->record(other));
+  EXPECT_TRUE(*l->record(usage_record(a->key, "m", 1000, 1, 0, 1, 0.1)));
+  EXPECT_TRUE(*l->record(usage_record(a->key, "m", 1000, 1, 0, 1, 0.1)));
+  EXPECT_NEAR(*l->find_key(a->key)->balance_usd, 0.3, 1e-12);
+}
+
+// A ledger written by schema version 1 (no batch_line column) is upgraded
+// in place, its rows kept.
+TEST_F(LedgerTest, MigratesAVersion1Ledger) {
+  {
+    auto l = open();
+    ASSERT_TRUE(l);
+    ASSERT_TRUE(l->record(usage_record("", "m", 1000, 7, 0, 3, 0.0)).has_value());
+    char* err = nullptr;
+    const int rc = sqlite3_exec(l->db(),
+                                "DROP INDEX usage_by_batch_line; ALTER TABLE usage DROP COLUMN batch_line; "
+                                "UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+                                nullptr, nullptr, &err);
+    ASSERT_EQ(rc, SQLITE_OK) << (err ? err : "");
+  }
+  auto l = open();
+  ASSERT_TRUE(l);
+  EXPECT_EQ(pragma(l->db(), "SELECT value FROM meta WHERE key = 'schema_version'"), "2");
+  UsageRecord line = usage_record("", "m", 1000, 1, 0, 1, 0.0);
+  line.batch_line = "batch_x:0";
+  EXPECT_TRUE(*l->record(line));
+  EXPECT_FALSE(*l->record(line));
+  EXPECT_EQ((*l->usage("", 0, 0, UsageGroup::NONE))[0].requests, 2);
+  EXPECT_EQ((*l->usage("", 0, 0, UsageGroup::NONE))[0].prompt_tokens, 8);
 }
 
 TEST_F(LedgerTest, CreateFindRevokeKeys) {
@@ -125,11 +184,11 @@ TEST_F(LedgerTest, RecordWritesUsageAndDebitsTheBalance) {
   auto a = l->create_key("alice", {}, 1.0);
   ASSERT_TRUE(a);
   const int64_t t = unix_at(year{2026} / 11 / 28, 12);
-  ASSERT_TRUE(l->record(usage_record(a->key, "m", t, 100, 40, 10, 0.4)).is_ok());
-  ASSERT_TRUE(l->record(usage_record(a->key, "m", t, 200, 0, 20, 0.4)).is_ok());
+  ASSERT_TRUE(l->record(usage_record(a->key, "m", t, 100, 40, 10, 0.4)).has_value());
+  ASSERT_TRUE(l->record(usage_record(a->key, "m", t, 200, 0, 20, 0.4)).has_value());
   EXPECT_NEAR(*l->find_key(a->key)->balance_usd, 0.2, 1e-12);
   // The last request may take the balance below zero.
-  ASSERT_TRUE(l->record(usage_record(a->key, "m", t, 50, 0, 5, 0.3)).is_ok());
+  ASSERT_TRUE(l->record(usage_record(a->key, "m", t, 50, 0, 5, 0.3)).has_value());
   EXPECT_NEAR(*l->find_key(a->key)->balance_usd, -0.1, 1e-12);
 
   auto rows = l->usage(a->key, 0, 0, UsageGroup::NONE);
@@ -144,8 +203,8 @@ TEST_F(LedgerTest, RecordWritesUsageAndDebitsTheBalance) {
 
   // Unlimited keys and requests without a key are recorded, nothing debited.
   auto u = l->create_key("u", {}, std::nullopt);
-  ASSERT_TRUE(l->record(usage_record(u->key, "m", t, 1, 0, 1, 0.5)).is_ok());
-  ASSERT_TRUE(l->record(usage_record("", "m", t, 1, 0, 1, 0.5)).is_ok());
+  ASSERT_TRUE(l->record(usage_record(u->key, "m", t, 1, 0, 1, 0.5)).has_value());
+  ASSERT_TRUE(l->record(usage_record("", "m", t, 1, 0, 1, 0.5)).has_value());
   EXPECT_FALSE(l->find_key(u->key)->balance_usd.has_value());
   EXPECT_EQ((*l->usage("", 0, 0, UsageGroup::NONE))[0].requests, 5);
 }
@@ -154,9 +213,9 @@ TEST_F(LedgerTest, ReportsByKeyModelAndUtcDayWithinARange) {
   auto l = open();
   ASSERT_TRUE(l);
   const auto d28 = year{2026} / 11 / 28, d29 = year{2026} / 11 / 29;
-  ASSERT_TRUE(l->record(usage_record("k1", "a", unix_at(d28, 23, 59, 59), 10, 1, 1, 0.01)).is_ok());
-  ASSERT_TRUE(l->record(usage_record("k1", "b", unix_at(d29, 0, 0, 0), 20, 2, 2, 0.02)).is_ok());
-  ASSERT_TRUE(l->record(usage_record("k2", "a", unix_at(d29, 12), 30, 3, 3, 0.04)).is_ok());
+  ASSERT_TRUE(l->record(usage_record("k1", "a", unix_at(d28, 23, 59, 59), 10, 1, 1, 0.01)).has_value());
+  ASSERT_TRUE(l->record(usage_record("k1", "b", unix_at(d29, 0, 0, 0), 20, 2, 2, 0.02)).has_value());
+  ASSERT_TRUE(l->record(usage_record("k2", "a", unix_at(d29, 12), 30, 3, 3, 0.04)).has_value());
 
   auto by_key = l->usage("", 0, 0, UsageGroup::KEY);
   ASSERT_TRUE(by_key);
@@ -213,7 +272,7 @@ TEST_F(LedgerTest, ConcurrentRecordsKeepExactTotals) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kEach; ++i) {
-        if (!l->record(usage_record(a->key, "m" + std::to_string(t % 2), 1000 + i, 10 + t, t, 3, 0.001)).is_ok()) {
+        if (!l->record(usage_record(a->key, "m" + std::to_string(t % 2), 1000 + i, 10 + t, t, 3, 0.001)).has_value()) {
           failures++;
         }
       }
@@ -238,7 +297,7 @@ TEST_F(LedgerTest, ReopenKeepsEverything) {
     auto a = l->create_key("alice", {1, 2, 3}, 5.0);
     ASSERT_TRUE(a);
     key = a->key;
-    ASSERT_TRUE(l->record(usage_record(key, "m", 100, 7, 0, 8, 1.25)).is_ok());
+    ASSERT_TRUE(l->record(usage_record(key, "m", 100, 7, 0, 8, 1.25)).has_value());
   }
   auto l = open();
   ASSERT_TRUE(l);
@@ -258,7 +317,7 @@ TEST_F(LedgerTest, ConfigKeysKeepTheStoredBalanceAcrossRestarts) {
   KeyConfig alice{"sk-alice", "alice", {30, 1000, 2}, 10.0};
   KeyConfig bob{"sk-bob", "bob", {}, std::nullopt};
   ASSERT_TRUE(l->sync_config_keys({alice, bob}, {}).is_ok());
-  ASSERT_TRUE(l->record(usage_record("sk-alice", "m", 1, 1, 0, 1, 4.0)).is_ok());
+  ASSERT_TRUE(l->record(usage_record("sk-alice", "m", 1, 1, 0, 1, 4.0)).has_value());
 
   // Restart with the same config, changed limits, and bob made prepaid.
   alice.limits.requests_per_minute = 99;
