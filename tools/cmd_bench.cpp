@@ -1,4 +1,4 @@
-// engram bench: benchmarks (niah, ppl), one cmd_bench_*.cpp each.
+// engram bench: benchmarks (niah, ppl, speed, roofline), one cmd_bench_*.cpp each.
 #include "cmd_bench.h"
 
 #include <algorithm>
@@ -110,16 +110,18 @@ Expected<std::vector<std::string>> load_text_units(const std::string& path, cons
 }
 
 Command add_bench_command(CLI::App& parent) {
-  CLI::App* app = parent.add_subcommand("bench", "Benchmarks: needle in a haystack (niah), perplexity (ppl)");
+  CLI::App* app = parent.add_subcommand("bench", "Benchmarks: needle in a haystack (niah), perplexity (ppl), speed, roofline");
   app->require_subcommand(1);
   auto subs = std::make_shared<std::vector<Command>>();
   subs->push_back(add_bench_niah_command(*app));
   subs->push_back(add_bench_ppl_command(*app));
+  subs->push_back(add_bench_speed_command(*app));
+  subs->push_back(add_bench_roofline_command(*app));
   return {app, [subs] {
             for (const Command& c : *subs) {
               if (c.app->parsed()) return c.run();
             }
-            return fail("bench: no benchmark given (niah or ppl)");
+            return fail("bench: no benchmark given (niah, ppl, speed or roofline)");
           }};
 }
 

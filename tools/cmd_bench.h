@@ -36,6 +36,8 @@ Expected<std::vector<std::string>> load_niah_keys(const std::string& keys_file, 
 
 Command add_bench_niah_command(CLI::App& bench);
 Command add_bench_ppl_command(CLI::App& bench);
+Command add_bench_speed_command(CLI::App& bench);
+Command add_bench_roofline_command(CLI::App& bench);
 
 // Text units (lines) of `path`, or, when path is empty, the King James Bible
 // verses of Debian's bible-kjv (`bible` program, bible-kjv-text data) - the

@@ -123,6 +123,14 @@ int run(const InfoOptions& o) {
                 static_cast<unsigned long long>(m.parameter_count()));
   std::printf("KV cache:   %s per token, %s at context %lld (f32)\n", human_bytes(per_token).c_str(),
               human_bytes(kv).c_str(), static_cast<long long>(n_ctx));
+  // MLA stores one latent per token (values = its first v_dim entries); say
+  // what full per-head K/V of the same width would cost.
+  const MemoryLayout layout = m.memory_layout(1);
+  const double full_per_token = static_cast<double>(m.full_kv_bytes_per_token());
+  if (layout.values_in_keys && per_token > 0.0)
+    std::printf("            latent: %d values per layer (%d + %d rope); full K/V of %d heads: %s per token (%.1fx)\n",
+                layout.n_kv_head * layout.k_dim, layout.v_dim, layout.k_dim - layout.v_dim, m.config().n_head,
+                human_bytes(full_per_token).c_str(), full_per_token / per_token);
   std::printf("memory:     %s (weights %s + KV %s)\n",
               human_bytes(static_cast<double>(m.weight_bytes()) + kv).c_str(),
               human_bytes(static_cast<double>(m.weight_bytes())).c_str(), human_bytes(kv).c_str());

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <random>
 
 #include "commands.h"
@@ -9,6 +10,7 @@
 #include "model/model.h"
 #include "runtime/generate.h"
 #include "runtime/progress.h"
+#include "runtime/speculative.h"
 
 namespace engram::tools {
 namespace {
@@ -23,7 +25,30 @@ struct RunOptions {
   int64_t seed = -1;
   GenerateParams gen;
   MemoryFlags memory;
+  // Speculative decoding (greedy only): a draft model, or the model's own next-n layers.
+  std::string draft;
+  std::string spec;
+  SpeculativeParams speculative;
+  const CLI::Option* temp_option = nullptr;  // to tell an explicit --temp from the default
 };
+
+// Checks the speculation flags against the sampling and memory ones; may
+// switch the default temperature to greedy (said on stderr).
+std::optional<std::string> check_speculation(RunOptions& o, const std::string& memory_kind) {
+  const std::string what = !o.draft.empty() ? "--draft" : "--spec " + o.spec;
+  if (!o.spec.empty() && o.spec != "mtp")
+    return "--spec: unknown kind '" + o.spec + "' (supported: mtp; for a draft model use --draft)";
+  if (!o.spec.empty() && !o.draft.empty()) return std::string("--spec mtp and --draft cannot be combined");
+  if (o.gen.sampler.temperature > 0) {
+    if (o.temp_option != nullptr && o.temp_option->count() > 0)
+      return what + " is greedy only: drop --temp or use --temp 0";
+    o.gen.sampler.temperature = 0;
+    std::fprintf(stderr, "engram: %s: greedy decoding (speculation is greedy only)\n", what.c_str());
+  }
+  if (memory_kind != "dense")
+    return what + " needs the dense memory (got --memory " + memory_kind + "): its verification takes positions back";
+  return std::nullopt;
+}
 
 void write_out(const std::string& s) {
   if (!s.empty()) std::fwrite(s.data(), 1, s.size(), stdout);
@@ -64,8 +89,28 @@ int run(RunOptions& o) {
                  static_cast<long long>(n_ctx), static_cast<long long>(cfg.n_ctx_train));
   }
 
+  const bool speculate = !o.draft.empty() || !o.spec.empty();
+  if (speculate)
+    if (auto bad = check_speculation(o, kind)) return fail(*bad);
+
   ThreadPool pool(o.threads);
   Session session(**model, pool, n_ctx, std::move(*memory));
+  std::unique_ptr<Model> draft_model;
+  std::unique_ptr<Drafter> drafter;
+  if (!o.draft.empty()) {
+    auto draft_path = resolve_model_path(o.draft);
+    if (!draft_path) return fail("--draft: " + draft_path.error().message);
+    auto loaded = Model::load(*draft_path);
+    if (!loaded) return fail("--draft: " + loaded.error().message);
+    draft_model = std::move(*loaded);
+    Status same = check_same_vocabulary(tok, *path, draft_model->tokenizer(), *draft_path);
+    if (!same.is_ok()) return fail(same.message());
+    drafter = std::make_unique<ModelDrafter>(*draft_model, pool, session.n_ctx(), o.gen.n_batch);
+  } else if (o.spec == "mtp") {
+    auto mtp = MtpDrafter::create(**model, pool, session.n_ctx());
+    if (!mtp) return fail(mtp.error().message);
+    drafter = std::move(*mtp);
+  }
   // Checked before anything is printed (generate() checks it too).
   if (static_cast<int64_t>(prompt.size()) > session.n_ctx()) {
     return fail("prompt has " + std::to_string(prompt.size()) + " tokens but the context holds " +
@@ -91,17 +136,21 @@ int run(RunOptions& o) {
     }
   };
 
-  auto stats = generate(session, prompt, o.gen, [&](TokenId id) {
+  auto on_token = [&](TokenId id) {
     write_out(printer.push(id));
     std::fflush(stdout);
     return true;
-  });
+  };
+  SpeculativeStats spec_stats;
+  auto stats = drafter ? generate_speculative(session, *drafter, prompt, o.gen, o.speculative, &spec_stats, on_token)
+                       : generate(session, prompt, o.gen, on_token);
   write_out(printer.flush());
   std::fputc('\n', stdout);
   std::fflush(stdout);
   if (!stats) return fail(stats.error().message);
   std::string line = stats->summary();
   if (o.gen.sampler.temperature > 0) line += " | seed " + std::to_string(o.gen.sampler.seed);
+  if (drafter) line += " | " + spec_stats.summary();
   line += " | memory " + kind + " " + format_bytes(session.memory().bytes_used()) + " | peak RSS " +
           format_bytes(peak_rss_bytes());
   std::fprintf(stderr, "%s\n", line.c_str());
@@ -118,7 +167,8 @@ Command add_run_command(CLI::App& parent) {
   app->add_option("-p,--prompt", o->prompt, "Prompt text (BOS is added as the model asks)");
   app->add_option("-n,--n-predict", o->gen.n_predict, "Tokens to generate (-1: until end of text or a full context)")
       ->capture_default_str();
-  app->add_option("--temp", o->gen.sampler.temperature, "Temperature (<= 0: greedy)")->capture_default_str();
+  o->temp_option =
+      app->add_option("--temp", o->gen.sampler.temperature, "Temperature (<= 0: greedy)")->capture_default_str();
   app->add_option("--top-k", o->gen.sampler.top_k, "Top-k (0: off)")->capture_default_str();
   app->add_option("--top-p", o->gen.sampler.top_p, "Top-p (1: off)")->capture_default_str();
   app->add_option("--min-p", o->gen.sampler.min_p, "Min-p (0: off)")->capture_default_str();
@@ -139,6 +189,13 @@ Command add_run_command(CLI::App& parent) {
   app->add_flag("--ignore-eos", o->gen.ignore_eos, "Do not stop at end-of-text tokens");
   app->add_flag("--echo", o->echo, "Print the prompt before the generated text");
   app->add_flag("--special", o->parse_special, "Parse special-token text (e.g. <s>) in the prompt");
+  app->add_option("--draft", o->draft,
+                  "Speculative decoding with this draft model (same vocabulary; greedy, same output as without)");
+  app->add_option("--draft-n", o->speculative.n_draft, "Tokens drafted per verification step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app->add_option("--spec", o->spec,
+                  "Speculative decoding with the model's own next-n layers: mtp (DeepSeek-V3 style; greedy)");
   add_threads_option(app, o->threads);
   add_memory_options(app, o->memory,
                      "Attention memory: dense, window or engram (default: dense when the context fits the "

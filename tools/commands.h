@@ -25,5 +25,6 @@ Command add_bench_command(CLI::App& parent);
 Command add_usage_command(CLI::App& parent);
 Command add_demo_command(CLI::App& parent);
 Command add_serve_command(CLI::App& parent);
+Command add_gen_model_command(CLI::App& parent);
 
 }  // namespace engram::tools

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
       add_bench_command(app),   add_demo_command(app),
       add_usage_command(app),
       add_serve_command(app),
+      add_gen_model_command(app),
   };
   try {
     app.parse(argc, argv);

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -134,6 +135,13 @@ class Writer {
   // `data` must hold exactly row_bytes(type, ne[0]) * rows bytes.
   Status add_tensor(std::string name, GgmlType type, std::vector<int64_t> ne, std::vector<uint8_t> data);
   Status add_tensor_f32(std::string name, std::vector<int64_t> ne, std::span<const float> data);
+  // A tensor whose bytes are produced while the file is written: `fill` is
+  // called once, in tensor order, with a buffer of exactly row_bytes(type,
+  // ne[0]) * rows bytes. write() then holds one tensor at a time, so a model
+  // larger than memory can be written (engram gen-model). An error from
+  // `fill` fails write(); serialize() leaves that tensor's bytes zero.
+  using TensorFill = std::function<Status(std::span<uint8_t> out)>;
+  Status add_tensor_streamed(std::string name, GgmlType type, std::vector<int64_t> ne, TensorFill fill);
 
   std::vector<uint8_t> serialize() const;
   Status write(const std::string& path) const;  // writes to path.tmp, then renames
@@ -147,8 +155,14 @@ class Writer {
     GgmlType type;
     std::vector<int64_t> ne;
     std::vector<uint8_t> data;
+    uint64_t n_bytes = 0;
+    TensorFill fill;  // set for streamed tensors (data stays empty)
   };
   std::vector<PendingTensor> tensors_;
+  // Checks a new tensor's name, type and shape; its size in bytes.
+  Expected<uint64_t> check_new_tensor(const std::string& name, GgmlType type, const std::vector<int64_t>& ne) const;
+  // Everything before the data section (padded), with the alignment used.
+  std::vector<uint8_t> header(uint64_t align) const;
 };
 
 }  // namespace engram::gguf

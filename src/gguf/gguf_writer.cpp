@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <algorithm>
 #include <limits>
 
 #include "gguf/gguf.h"
@@ -158,7 +159,8 @@ void Writer::copy_metadata(const File& src) {
   for (const auto& [key, value] : src.metadata()) set(key, value);
 }
 
-Status Writer::add_tensor(std::string name, GgmlType type, std::vector<int64_t> ne, std::vector<uint8_t> data) {
+Expected<uint64_t> Writer::check_new_tensor(const std::string& name, GgmlType type,
+                                            const std::vector<int64_t>& ne) const {
   if (name.empty()) return make_error("gguf writer: tensor with an empty name");
   for (const auto& t : tensors_)
     if (t.name == name) return make_error("gguf writer: duplicate tensor '", name, "'");
@@ -181,10 +183,24 @@ Status Writer::add_tensor(std::string name, GgmlType type, std::vector<int64_t> 
                       " is not a multiple of the block size of ", std::string(type_traits(type).name));
   if (*row != 0 && rows > std::numeric_limits<uint64_t>::max() / *row)
     return make_error("gguf writer: tensor '", name, "': size overflows");
-  if (data.size() != *row * rows)
+  return *row * rows;
+}
+
+Status Writer::add_tensor(std::string name, GgmlType type, std::vector<int64_t> ne, std::vector<uint8_t> data) {
+  Expected<uint64_t> n_bytes = check_new_tensor(name, type, ne);
+  if (!n_bytes) return n_bytes.error();
+  if (data.size() != *n_bytes)
     return make_error("gguf writer: tensor '", name, "': ", std::to_string(data.size()), " bytes of data, expected ",
-                      std::to_string(*row * rows));
-  tensors_.push_back({std::move(name), type, std::move(ne), std::move(data)});
+                      std::to_string(*n_bytes));
+  tensors_.push_back({std::move(name), type, std::move(ne), std::move(data), *n_bytes, {}});
+  return Status::ok();
+}
+
+Status Writer::add_tensor_streamed(std::string name, GgmlType type, std::vector<int64_t> ne, TensorFill fill) {
+  Expected<uint64_t> n_bytes = check_new_tensor(name, type, ne);
+  if (!n_bytes) return n_bytes.error();
+  if (!fill) return make_error("gguf writer: tensor '", name, "': no fill function");
+  tensors_.push_back({std::move(name), type, std::move(ne), {}, *n_bytes, std::move(fill)});
   return Status::ok();
 }
 
@@ -194,10 +210,25 @@ Status Writer::add_tensor_f32(std::string name, std::vector<int64_t> ne, std::sp
   return add_tensor(std::move(name), GgmlType::F32, std::move(ne), std::move(bytes));
 }
 
-// An invalid `alignment` falls back to the default, and a value whose data does
-// not match its declared type is left out; write() reports both instead.
-std::vector<uint8_t> Writer::serialize() const {
-  const uint64_t align = is_power_of_two(alignment) && alignment <= UINT32_MAX ? alignment : kDefaultAlignment;
+namespace {
+
+uint64_t usable_alignment(uint64_t a) { return is_power_of_two(a) && a <= UINT32_MAX ? a : kDefaultAlignment; }
+
+// Writes all of `bytes` to fd; errno on failure, 0 on success.
+int write_all(int fd, const uint8_t* bytes, size_t size) {
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::write(fd, bytes + done, size - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return n < 0 ? errno : EIO;
+    done += static_cast<size_t>(n);
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::vector<uint8_t> Writer::header(uint64_t align) const {
   // general.alignment in the output always states the alignment actually used.
   std::vector<std::pair<std::string, Value>> kv;
   for (const auto& entry : kv_)
@@ -228,11 +259,27 @@ std::vector<uint8_t> Writer::serialize() const {
     for (int64_t n : t.ne) sink.put<uint64_t>(static_cast<uint64_t>(n));
     sink.put<uint32_t>(static_cast<uint32_t>(t.type));
     sink.put<uint64_t>(offset);
-    offset = align_up(offset + t.data.size(), align);
+    offset = align_up(offset + t.n_bytes, align);
   }
   sink.pad_to(align);
+  return out;
+}
+
+// An invalid `alignment` falls back to the default, and a value whose data does
+// not match its declared type is left out; write() reports both instead.
+std::vector<uint8_t> Writer::serialize() const {
+  const uint64_t align = usable_alignment(alignment);
+  std::vector<uint8_t> out = header(align);
+  ByteSink sink(out);
   for (const auto& t : tensors_) {
-    sink.put_bytes(t.data);
+    if (t.fill) {
+      const size_t at = out.size();
+      out.resize(at + t.n_bytes, 0);
+      if (!t.fill(std::span<uint8_t>(out.data() + at, t.n_bytes)).is_ok())
+        std::fill(out.begin() + static_cast<std::ptrdiff_t>(at), out.end(), uint8_t{0});
+    } else {
+      sink.put_bytes(t.data);
+    }
     sink.pad_to(align);
   }
   return out;
@@ -246,21 +293,33 @@ Status Writer::write(const std::string& path) const {
       return make_error(path, ": metadata key '", key, "': value does not hold data of its declared type ",
                         std::string(value_type_name(value.is_array() ? value.array_type : value.type)));
 
-  const std::vector<uint8_t> bytes = serialize();
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return make_error(tmp, ": cannot create: ", std::strerror(errno));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return make_error(tmp, ": write failed: ", std::strerror(err));
+  auto give_up = [&](Status s) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return s;
+  };
+  // The header, then one tensor at a time (a streamed one through a reused buffer).
+  const std::vector<uint8_t> head = header(alignment);
+  if (int err = write_all(fd, head.data(), head.size()); err != 0)
+    return give_up(make_error(tmp, ": write failed: ", std::strerror(err)));
+  std::vector<uint8_t> buffer;
+  const uint8_t zeros[64] = {};
+  for (const auto& t : tensors_) {
+    const uint8_t* bytes = t.data.data();
+    if (t.fill) {
+      buffer.assign(t.n_bytes, 0);
+      Status filled = t.fill(std::span<uint8_t>(buffer.data(), buffer.size()));
+      if (!filled.is_ok()) return give_up(make_error(path, ": tensor '", t.name, "': ", filled.message()));
+      bytes = buffer.data();
     }
-    done += static_cast<size_t>(n);
+    const size_t pad = static_cast<size_t>(align_up(t.n_bytes, alignment) - t.n_bytes);
+    int err = write_all(fd, bytes, t.n_bytes);
+    for (size_t left = pad; err == 0 && left > 0; left -= std::min(left, sizeof zeros))
+      err = write_all(fd, zeros, std::min(left, sizeof zeros));
+    if (err != 0) return give_up(make_error(tmp, ": write failed: ", std::strerror(err)));
   }
   // fsync before the rename, so a crash never leaves a complete-looking but empty file.
   int err = ::fsync(fd) == 0 ? 0 : errno;

@@ -107,27 +107,29 @@ BlockCodec::BlockCodec(BlockCompression compression, int block_size, int k_dim, 
     : compression_(compression), block_size_(block_size), k_dim_(k_dim), v_dim_(v_dim) {
   // Sections are padded to 4 bytes so every f32/f16 array stays aligned.
   auto pad4 = [](size_t n) { return (n + 3) & ~size_t{3}; };
-  unit_bytes_ = pad4(row_bytes(compression, k_dim) * block_size) + pad4(row_bytes(compression, v_dim) * block_size);
+  // v_dim 0 (values in the keys): no value section at all, not even int8 scales.
+  const size_t v_bytes = v_dim > 0 ? pad4(row_bytes(compression, v_dim) * block_size) : 0;
+  unit_bytes_ = pad4(row_bytes(compression, k_dim) * block_size) + v_bytes;
 }
 
 void BlockCodec::encode(const float* k, size_t k_stride, const float* v, size_t v_stride, uint8_t* unit) const {
   const size_t k_bytes = (row_bytes(compression_, k_dim_) * block_size_ + 3) & ~size_t{3};
   std::memset(unit, 0, unit_bytes_);  // padding bytes are defined (checksums, files)
   encode_rows(compression_, k, k_stride, block_size_, k_dim_, unit);
-  encode_rows(compression_, v, v_stride, block_size_, v_dim_, unit + k_bytes);
+  if (v_dim_ > 0) encode_rows(compression_, v, v_stride, block_size_, v_dim_, unit + k_bytes);
 }
 
 void BlockCodec::rows(const uint8_t* unit, float* k_buf, float* v_buf, const float** k, const float** v) const {
   const size_t k_bytes = (row_bytes(compression_, k_dim_) * block_size_ + 3) & ~size_t{3};
   if (compression_ == BlockCompression::F32) {
     *k = reinterpret_cast<const float*>(unit);
-    *v = reinterpret_cast<const float*>(unit + k_bytes);
+    *v = v_dim_ > 0 ? reinterpret_cast<const float*>(unit + k_bytes) : nullptr;
     return;
   }
   decode_rows(compression_, unit, block_size_, k_dim_, k_buf);
-  decode_rows(compression_, unit + k_bytes, block_size_, v_dim_, v_buf);
+  if (v_dim_ > 0) decode_rows(compression_, unit + k_bytes, block_size_, v_dim_, v_buf);
   *k = k_buf;
-  *v = v_buf;
+  *v = v_dim_ > 0 ? v_buf : nullptr;
 }
 
 float BlockCodec::error_bound(float x, float row_max) const {

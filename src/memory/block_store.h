@@ -32,6 +32,8 @@ namespace engram {
 //         symmetric per row: scale = max|x| / 127, |err| <= scale / 2
 // Per-row scales (rather than one per block) keep one large-magnitude token
 // from flattening its 127 neighbours' keys, which retrieval depends on.
+// v_dim 0: keys only (MemoryLayout::values_in_keys: the values are read from
+// the decoded key rows); v is then neither read nor returned (null).
 class BlockCodec {
  public:
   BlockCodec(BlockCompression compression, int block_size, int k_dim, int v_dim);

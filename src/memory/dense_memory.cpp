@@ -4,6 +4,8 @@
 //
 // Storage per (layer, seq):
 //   k: [n_stored, n_kv_head, k_dim]   v: [n_stored, n_kv_head, v_dim]
+// With layout.values_in_keys (MLA latents) v stays empty: a position's value
+// is the first v_dim entries of its key row.
 // Buffers grow as positions are appended (up to n_ctx), so a short
 // conversation does not pay for the full context.
 //
@@ -25,22 +27,26 @@ namespace engram {
 namespace {
 
 // On-disk format (little-endian):
-//   "ENGRAMKV" | u32 version | u32 n_layer | u32 n_kv_head | u32 k_dim | u32 v_dim | u32 n_seq
+//   "ENGRAMKV" | u32 version | u32 n_layer | u32 n_kv_head | u32 k_dim | u32 v_dim | u32 values_in_keys
+//   | u32 n_seq
 //   per seq:   i64 n_positions | n_positions x u8 present
 //   per layer, per seq: i64 n_stored | k floats [n_stored*n_kv_head*k_dim] | v floats [n_stored*n_kv_head*v_dim]
+//   (no v floats when values_in_keys). Version 1 files lack values_in_keys
+//   (always 0) and still load.
 constexpr char kMagic[8] = {'E', 'N', 'G', 'R', 'A', 'M', 'K', 'V'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;
 
 // One sequence alone (save_seq / load_seq), little-endian:
-//   "ENGRAMSQ" | u32 version | u32 n_layer | u32 n_kv_head | u32 k_dim | u32 v_dim
+//   "ENGRAMSQ" | u32 version | u32 n_layer | u32 n_kv_head | u32 k_dim | u32 v_dim | u32 values_in_keys
 //   i64 n_positions | n_positions x u8 present
-//   per layer: k floats [n_positions*n_kv_head*k_dim] | v floats [n_positions*n_kv_head*v_dim]
+//   per layer: k floats [n_positions*n_kv_head*k_dim] | v floats [n_positions*n_kv_head*v_dim] (none when
+//   values_in_keys). Version 1: no values_in_keys field (0).
 constexpr char kSeqMagic[8] = {'E', 'N', 'G', 'R', 'A', 'M', 'S', 'Q'};
-constexpr uint32_t kSeqVersion = 1;
+constexpr uint32_t kSeqVersion = 2;
 
 struct LayerSeq {
   std::vector<float> k;  // [n_stored, n_kv_head, k_dim]
-  std::vector<float> v;  // [n_stored, n_kv_head, v_dim]
+  std::vector<float> v;  // [n_stored, n_kv_head, v_dim]; empty when values_in_keys
   int64_t n_stored = 0;
 };
 
@@ -85,6 +91,9 @@ class DenseMemory final : public Memory {
       return make_error("context full: position ", std::to_string(first_bad), " exceeds the memory's ",
                         std::to_string(layout_.n_ctx), " positions");
     }
+    if (layout_.values_in_keys && layout_.v_dim > layout_.k_dim)
+      return make_error("KV memory: values_in_keys needs v_dim (", std::to_string(layout_.v_dim),
+                        ") <= k_dim (", std::to_string(layout_.k_dim), ")");
     LayerSeq& c = cell(layer, seq);
     if (pos0 > c.n_stored)
       return make_error("KV memory: append at position ", std::to_string(pos0), " of layer ", std::to_string(layer),
@@ -97,7 +106,8 @@ class DenseMemory final : public Memory {
     c.k.resize(static_cast<size_t>(end) * k_row);
     c.v.resize(static_cast<size_t>(end) * v_row);
     std::memcpy(c.k.data() + static_cast<size_t>(pos0) * k_row, k, static_cast<size_t>(n) * k_row * sizeof(float));
-    std::memcpy(c.v.data() + static_cast<size_t>(pos0) * v_row, v, static_cast<size_t>(n) * v_row * sizeof(float));
+    if (v_row > 0)  // v is ignored (may be null) when values live in the keys
+      std::memcpy(c.v.data() + static_cast<size_t>(pos0) * v_row, v, static_cast<size_t>(n) * v_row * sizeof(float));
     c.n_stored = end;
 
     std::vector<uint8_t>& present = present_[static_cast<size_t>(seq)];
@@ -188,6 +198,7 @@ class DenseMemory final : public Memory {
     put_u32(static_cast<uint32_t>(layout_.n_kv_head));
     put_u32(static_cast<uint32_t>(layout_.k_dim));
     put_u32(static_cast<uint32_t>(layout_.v_dim));
+    put_u32(layout_.values_in_keys ? 1u : 0u);
     put_u32(static_cast<uint32_t>(layout_.n_seq));
     for (const auto& present : present_) {
       put_i64(static_cast<int64_t>(present.size()));
@@ -263,7 +274,8 @@ class DenseMemory final : public Memory {
       };
       put(kSeqMagic, sizeof kSeqMagic);
       for (uint32_t x : {kSeqVersion, static_cast<uint32_t>(layout_.n_layer), static_cast<uint32_t>(layout_.n_kv_head),
-                         static_cast<uint32_t>(layout_.k_dim), static_cast<uint32_t>(layout_.v_dim)})
+                         static_cast<uint32_t>(layout_.k_dim), static_cast<uint32_t>(layout_.v_dim),
+                         layout_.values_in_keys ? 1u : 0u})
         put(&x, sizeof x);
       put(&n, sizeof n);
       put(present_[static_cast<size_t>(seq)].data(), static_cast<size_t>(n));
@@ -323,7 +335,10 @@ class DenseMemory final : public Memory {
 
  private:
   size_t k_row_size() const { return static_cast<size_t>(layout_.n_kv_head) * static_cast<size_t>(layout_.k_dim); }
-  size_t v_row_size() const { return static_cast<size_t>(layout_.n_kv_head) * static_cast<size_t>(layout_.v_dim); }
+  // Value floats stored per position: none when values live in the keys.
+  size_t v_row_size() const {
+    return layout_.values_in_keys ? 0 : static_cast<size_t>(layout_.n_kv_head) * static_cast<size_t>(layout_.v_dim);
+  }
   LayerSeq& cell(int layer, int seq) { return cells_[static_cast<size_t>(layer) * layout_.n_seq + seq]; }
   const LayerSeq& cell(int layer, int seq) const { return cells_[static_cast<size_t>(layer) * layout_.n_seq + seq]; }
 
@@ -336,7 +351,7 @@ class DenseMemory final : public Memory {
   }
 
   // The two file formats share their header: magic, version and layout
-  // (the whole-memory file adds n_seq).
+  // (the whole-memory file adds n_seq). Version 1 predates values_in_keys.
   struct FileKind {
     const char* magic;  // 8 bytes
     uint32_t version;
@@ -350,16 +365,23 @@ class DenseMemory final : public Memory {
       return make_error(path, ": not an engram ", kind.name, " (bad magic)");
     uint32_t version = 0;
     ENGRAM_RETURN_IF_ERROR(r.read(version, "version"));
-    if (version != kind.version)
+    if (version != kind.version && version != 1)
       return make_error(path, ": ", kind.name, " version ", std::to_string(version), " is not supported (expected ",
                         std::to_string(kind.version), ")");
     struct Field { const char* name; int expected; };
-    const Field fields[] = {{"n_layer", layout_.n_layer}, {"n_kv_head", layout_.n_kv_head}, {"k_dim", layout_.k_dim},
-                            {"v_dim", layout_.v_dim},     {"n_seq", layout_.n_seq}};
+    const Field fields[] = {{"n_layer", layout_.n_layer},
+                            {"n_kv_head", layout_.n_kv_head},
+                            {"k_dim", layout_.k_dim},
+                            {"v_dim", layout_.v_dim},
+                            {"values_in_keys", layout_.values_in_keys ? 1 : 0},
+                            {"n_seq", layout_.n_seq}};
     for (const Field& f : fields) {
       if (!kind.with_n_seq && std::strcmp(f.name, "n_seq") == 0) continue;
       uint32_t got = 0;
-      ENGRAM_RETURN_IF_ERROR(r.read(got, f.name));
+      if (version == 1 && std::strcmp(f.name, "values_in_keys") == 0)
+        got = 0;  // not in the file: values were always stored
+      else
+        ENGRAM_RETURN_IF_ERROR(r.read(got, f.name));
       if (static_cast<int64_t>(got) != f.expected)
         return make_error(path, ": KV layout mismatch: ", f.name, " is ", std::to_string(got), " in the file but ",
                           std::to_string(f.expected), " in this memory");
@@ -396,6 +418,10 @@ class DenseMemory final : public Memory {
       max_score = std::max(max_score, scores[j]);
     }
     std::memset(oh, 0, static_cast<size_t>(v_dim) * sizeof(float));
+    // Value rows: their own buffer, or the head's key row (first v_dim entries).
+    const float* v_base = layout_.values_in_keys ? c.k.data() + static_cast<size_t>(kvh) * k_dim
+                                                 : c.v.data() + static_cast<size_t>(kvh) * v_dim;
+    const size_t v_stride = static_cast<size_t>(n_kv_head) * (layout_.values_in_keys ? k_dim : v_dim);
     if (max_score == -std::numeric_limits<float>::infinity()) return;  // nothing visible
     float sum = 0.f;
     for (int64_t j = 0; j < n_keys; ++j) {
@@ -406,7 +432,7 @@ class DenseMemory final : public Memory {
     const float inv_sum = 1.f / sum;
     for (int64_t j = 0; j < n_keys; ++j) {
       if (!present[static_cast<size_t>(j)]) continue;
-      const float* vj = c.v.data() + (static_cast<size_t>(j) * n_kv_head + kvh) * v_dim;
+      const float* vj = v_base + static_cast<size_t>(j) * v_stride;
       kernels::axpy(scores[j] * inv_sum, vj, oh, static_cast<size_t>(v_dim));
     }
   }

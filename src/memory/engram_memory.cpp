@@ -1,6 +1,7 @@
 // Engram memory (and, in window mode, the StreamingLLM baseline). The design
 // is described in engram_memory.h.
 #include "memory/engram_memory.h"
+#include "quant/quant.h"
 
 #include <algorithm>
 #include <cmath>
@@ -51,6 +52,8 @@ std::vector<int> top_k_indices(const std::vector<float>& scores, int top_k) {
 
 // ------------------------------------------------------------ state
 
+// With layout.values_in_keys the *_v vectors stay empty and the units hold
+// keys only: values are the first v_dim entries of the key rows.
 struct EngramMemory::Cell {
   int64_t n_stored = 0;
   std::vector<float> sink_k, sink_v;  // [min(n_stored, sinks), n_kv_head, k_dim | v_dim]
@@ -58,7 +61,15 @@ struct EngramMemory::Cell {
   std::vector<float> tail_k, tail_v;  // [n_stored - tail_start, n_kv_head, k_dim | v_dim]
   int64_t n_blocks = 0;               // blocks formed (window mode: dropped)
   std::vector<uint32_t> units;        // engram: [n_blocks, n_kv_head] block store ids
-  std::vector<float> summary;         // engram: [n_blocks, n_kv_head, 3, k_dim]: min | max | mean key
+  // engram: [n_blocks, n_kv_head, summary_floats()]: min | max | mean key of
+  // the block, then min | max of each sub-block of summary_rows keys (none
+  // when summary_rows >= block_size). Keys moved to position 0 first when
+  // remapping (make_block).
+  std::vector<float> summary;
+  // engram, summary_rows == 1: [n_blocks, n_kv_head, block_size, k_dim] the
+  // blocks' keys in fp16 (moved to position 0 when remapping), for exact
+  // scoring of single queries. Always in RAM, like the summaries.
+  std::vector<uint16_t> index;
 
   int64_t n_sink() const { return std::min(n_stored, sinks); }
   int64_t sinks = 0;  // the options' sink count
@@ -72,9 +83,10 @@ struct EngramMemory::HeadRows {
   const float* sink_k = nullptr;    // [n_sink] rows of sink_k_stride floats
   size_t sink_k_stride = 0;
   std::vector<float> sink_rot;      // [sinks, k_dim] moved sink keys
-  std::vector<const float*> block_k, block_v;  // [n_sel] -> [B, k_dim], [B, v_dim]
+  std::vector<const float*> block_k, block_v;  // [n_sel] -> [B, k_dim], [B, v_stride]
+  size_t block_v_stride = 0;        // v_dim, or k_dim when values_in_keys (values = unmoved key rows)
   std::vector<int64_t> block_pos;   // [n_sel] original position of each block's first row
-  std::vector<float> keys, vals;    // [n_sel, B, k_dim], [n_sel, B, v_dim] decoded/moved rows
+  std::vector<float> keys, vals;    // [n_sel, B, k_dim], [n_sel, B, v_stride] decoded/moved rows
 };
 
 // Per-thread attention scratch.
@@ -87,7 +99,9 @@ struct EngramMemory::Scratch {
 namespace {
 
 constexpr char kMagic[8] = {'E', 'N', 'G', 'R', 'A', 'M', 'E', 'M'};
-constexpr uint32_t kVersion = 1;
+// 2 added values_in_keys; 3 sub-block and position-normalised summaries
+// (summary_rows, remapped): older files are refused (prefill again).
+constexpr uint32_t kVersion = 3;
 constexpr int kRows = 256;        // keys scored at a time per (query, head)
 constexpr int kQueryTile = 8;     // queries per attention work item
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -155,13 +169,14 @@ EngramMemory::EngramMemory(const MemoryLayout& layout, const EngramMemoryOptions
       options_(options),
       mode_(mode),
       codec_(options.compression, std::max(options.block_size, 1), std::max(layout.k_dim, 0),
-             std::max(layout.v_dim, 0)),
+             layout.values_in_keys ? 0 : std::max(layout.v_dim, 0)),  // values_in_keys: units hold keys only
       cells_(static_cast<size_t>(std::max(layout.n_layer, 0)) * static_cast<size_t>(std::max(layout.n_seq, 0))),
       selection_(static_cast<size_t>(std::max(layout.n_layer, 0)) * static_cast<size_t>(std::max(layout.n_kv_head, 0))) {
   options_.sinks = std::max(options_.sinks, 0);
   options_.window = std::max(options_.window, 0);
   options_.block_size = std::max(options_.block_size, 1);
   options_.top_k = std::max(options_.top_k, 0);
+  options_.summary_rows = std::clamp(options_.summary_rows, 1, options_.block_size);
   for (Cell& c : cells_) c.tail_start = c.sinks = options_.sinks;
   if (mode_ == Mode::ENGRAM) {
     store_ = std::make_unique<BlockStore>(codec_.unit_bytes(), options_.spill_path);
@@ -178,7 +193,10 @@ const EngramMemory::Cell& EngramMemory::cell(int layer, int seq) const {
   return cells_[static_cast<size_t>(layer) * layout_.n_seq + seq];
 }
 size_t EngramMemory::k_row() const { return static_cast<size_t>(layout_.n_kv_head) * layout_.k_dim; }
-size_t EngramMemory::v_row() const { return static_cast<size_t>(layout_.n_kv_head) * layout_.v_dim; }
+// Value floats stored per position: none when the values live in the keys.
+size_t EngramMemory::v_row() const {
+  return layout_.values_in_keys ? 0 : static_cast<size_t>(layout_.n_kv_head) * layout_.v_dim;
+}
 
 Status EngramMemory::check_layer_seq(int layer, int seq) const {
   if (layer < 0 || layer >= layout_.n_layer)
@@ -203,7 +221,8 @@ size_t EngramMemory::bytes_outside_store() const {
   size_t bytes = sizeof(*this) + cells_.capacity() * sizeof(Cell);
   for (const Cell& c : cells_)
     bytes += (c.sink_k.capacity() + c.sink_v.capacity() + c.tail_k.capacity() + c.tail_v.capacity() +
-              c.summary.capacity()) * sizeof(float) + c.units.capacity() * sizeof(uint32_t);
+              c.summary.capacity()) * sizeof(float) + c.units.capacity() * sizeof(uint32_t) +
+             c.index.capacity() * sizeof(uint16_t);
   for (const auto& s : selection_) bytes += s.capacity() * sizeof(int) + sizeof(s);
   for (const auto& s : sel_units_) bytes += s.capacity() * sizeof(void*) + sizeof(s);
   for (const Scratch& s : scratch_)
@@ -241,6 +260,9 @@ Status EngramMemory::append(int layer, int seq, int64_t pos0, int n, const float
   if (pos0 + n > layout_.n_ctx)
     return make_error("context full: position ", std::to_string(std::max(pos0, layout_.n_ctx)),
                       " exceeds the memory's ", std::to_string(layout_.n_ctx), " positions");
+  if (layout_.values_in_keys && layout_.v_dim > layout_.k_dim)
+    return make_error("engram memory: values_in_keys needs v_dim (", std::to_string(layout_.v_dim), ") <= k_dim (",
+                      std::to_string(layout_.k_dim), ")");
   Cell& c = cell(layer, seq);
   if (pos0 > c.n_stored)
     return make_error("engram memory: append at position ", std::to_string(pos0), " of layer ",
@@ -251,17 +273,17 @@ Status EngramMemory::append(int layer, int seq, int64_t pos0, int n, const float
   // The earliest query of this chunk (at pos0) still needs pos0 - window + 1.
   ENGRAM_RETURN_IF_ERROR(evict_old(c, pos0 - options_.window + 1));
 
-  const size_t kr = k_row(), vr = v_row();
+  const size_t kr = k_row(), vr = v_row();  // vr 0: v is ignored (may be null)
   for (int i = 0; i < n;) {
     const int64_t pos = pos0 + i;
     if (pos < options_.sinks) {
       const int m = static_cast<int>(std::min<int64_t>(n - i, options_.sinks - pos));
       c.sink_k.insert(c.sink_k.end(), k + i * kr, k + (i + m) * kr);
-      c.sink_v.insert(c.sink_v.end(), v + i * vr, v + (i + m) * vr);
+      if (vr > 0) c.sink_v.insert(c.sink_v.end(), v + i * vr, v + (i + m) * vr);
       i += m;
     } else {
       c.tail_k.insert(c.tail_k.end(), k + i * kr, k + static_cast<size_t>(n) * kr);
-      c.tail_v.insert(c.tail_v.end(), v + i * vr, v + static_cast<size_t>(n) * vr);
+      if (vr > 0) c.tail_v.insert(c.tail_v.end(), v + i * vr, v + static_cast<size_t>(n) * vr);
       i = n;
     }
   }
@@ -295,6 +317,43 @@ Status EngramMemory::evict_old(Cell& c, int64_t keep_from) {
   return st;
 }
 
+namespace {
+
+// Per-dimension min and max of n keys [n, k_dim]: out [2, k_dim].
+void key_bounds(const float* keys, int n, int kd, float* out) {
+  float* lo = out;
+  float* hi = out + kd;
+  for (int d = 0; d < kd; ++d) lo[d] = hi[d] = keys[d];
+  for (int r = 1; r < n; ++r)
+    for (int d = 0; d < kd; ++d) {
+      const float x = keys[static_cast<size_t>(r) * kd + d];
+      lo[d] = std::min(lo[d], x);
+      hi[d] = std::max(hi[d], x);
+    }
+}
+
+// A block's min | max | mean key: out [3, k_dim].
+void summarise(const float* keys, int n, int kd, float* out) {
+  key_bounds(keys, n, kd, out);
+  float* mean = out + 2 * static_cast<size_t>(kd);
+  std::fill(mean, mean + kd, 0.f);
+  for (int r = 0; r < n; ++r) kernels::axpy(1.f / static_cast<float>(n), keys + static_cast<size_t>(r) * kd, mean, kd);
+}
+
+}  // namespace
+
+int EngramMemory::n_sub_blocks() const {
+  const int B = options_.block_size, rows = options_.summary_rows;
+  return rows >= B || exact_index() ? 0 : (B + rows - 1) / rows;
+}
+bool EngramMemory::exact_index() const { return options_.summary_rows == 1; }
+size_t EngramMemory::index_halves() const {
+  return exact_index() ? static_cast<size_t>(options_.block_size) * static_cast<size_t>(layout_.k_dim) : 0;
+}
+size_t EngramMemory::summary_floats() const {
+  return static_cast<size_t>(3 + 2 * n_sub_blocks()) * static_cast<size_t>(layout_.k_dim);
+}
+
 // Compresses block_size tail rows from row0 on into one unit per KV head, with
 // its summary computed from the decoded keys, so the bound holds for exactly
 // the keys attention will see.
@@ -302,39 +361,45 @@ Status EngramMemory::make_block(Cell& c, int64_t row0) {
   const int H = layout_.n_kv_head, kd = layout_.k_dim, vd = layout_.v_dim, B = options_.block_size;
   std::vector<uint8_t> unit(codec_.unit_bytes());
   std::vector<float> k_buf(static_cast<size_t>(B) * kd), v_buf(static_cast<size_t>(B) * vd);
+  std::vector<float> k_moved;  // [B, k_dim] keys moved to position 0 (remapping)
   update_capacity();
   for (int h = 0; h < H; ++h) {
-    codec_.encode(c.tail_k.data() + static_cast<size_t>(row0) * k_row() + static_cast<size_t>(h) * kd, k_row(),
-                  c.tail_v.data() + static_cast<size_t>(row0) * v_row() + static_cast<size_t>(h) * vd, v_row(),
-                  unit.data());
+    // values_in_keys: the codec stores keys only and never reads v.
+    const float* v = layout_.values_in_keys
+                         ? nullptr
+                         : c.tail_v.data() + static_cast<size_t>(row0) * v_row() + static_cast<size_t>(h) * vd;
+    codec_.encode(c.tail_k.data() + static_cast<size_t>(row0) * k_row() + static_cast<size_t>(h) * kd, k_row(), v,
+                  v_row(), unit.data());
     Expected<uint32_t> id = store_->put(unit.data());
     if (!id) {  // undo this block's earlier heads: blocks are whole or absent
       for (int j = 0; j < h; ++j) store_->release(c.units[c.units.size() - 1 - j]);
       c.units.resize(c.units.size() - h);
-      c.summary.resize(c.summary.size() - static_cast<size_t>(h) * 3 * kd);
+      c.summary.resize(c.summary.size() - static_cast<size_t>(h) * summary_floats());
+      c.index.resize(c.index.size() - static_cast<size_t>(h) * index_halves());
       return id.error();
     }
     c.units.push_back(*id);
 
     const float *keys, *vals;
     codec_.rows(unit.data(), k_buf.data(), v_buf.data(), &keys, &vals);
-    const size_t at = c.summary.size();
-    c.summary.resize(at + 3 * static_cast<size_t>(kd));
-    float* kmin = c.summary.data() + at;
-    float* kmax = kmin + kd;
-    float* kmean = kmax + kd;
-    for (int d = 0; d < kd; ++d) {
-      float lo = keys[d], hi = keys[d], sum = 0.f;
-      for (int r = 0; r < B; ++r) {
-        const float x = keys[static_cast<size_t>(r) * kd + d];
-        lo = std::min(lo, x);
-        hi = std::max(hi, x);
-        sum += x;
-      }
-      kmin[d] = lo;
-      kmax[d] = hi;
-      kmean[d] = sum / static_cast<float>(B);
+    if (options_.rotate_keys) {
+      // Summarise the keys as if every one sat at position 0: scoring then
+      // moves each query to position 0 too (select_blocks), so a block's
+      // score is a match of content, the same at any distance. Scored at
+      // their real positions, a query at 1M meets keys rotated by distances
+      // a model trained at 2K has never seen, and picks the wrong blocks.
+      k_moved.assign(keys, keys + static_cast<size_t>(B) * kd);
+      const int64_t first = c.tail_start + row0;
+      for (int r = 0; r < B; ++r) options_.rotate_keys(k_moved.data() + static_cast<size_t>(r) * kd, 1, -(first + r));
+      keys = k_moved.data();
     }
+    const size_t at = c.summary.size();
+    c.summary.resize(at + summary_floats());
+    summarise(keys, B, kd, c.summary.data() + at);
+    for (size_t i = 0; i < index_halves(); ++i) c.index.push_back(fp32_to_fp16(keys[i]));
+    for (int r0 = 0, u = 0; r0 < B && n_sub_blocks() > 0; r0 += options_.summary_rows, ++u)
+      key_bounds(keys + static_cast<size_t>(r0) * kd, std::min(options_.summary_rows, B - r0), kd,
+                 c.summary.data() + at + static_cast<size_t>(3 + 2 * u) * kd);
   }
   return Status::ok();
 }
@@ -376,12 +441,13 @@ void EngramMemory::truncate(Cell& c, int64_t p0) {
       codec_.rows(unit.data(), k_buf.data(), v_buf.data(), &keys, &vals);
       for (int64_t r = 0; r < keep; ++r) {
         std::memcpy(tk.data() + r * kr + h * kd, keys + r * kd, kd * sizeof(float));
-        std::memcpy(tv.data() + r * vr + h * vd, vals + r * vd, vd * sizeof(float));
+        if (vr > 0) std::memcpy(tv.data() + r * vr + h * vd, vals + r * vd, vd * sizeof(float));
       }
     }
     for (size_t u = static_cast<size_t>(b) * H; u < c.units.size(); ++u) store_->release(c.units[u]);
     c.units.resize(static_cast<size_t>(b) * H);
-    c.summary.resize(static_cast<size_t>(b) * H * 3 * kd);
+    c.summary.resize(static_cast<size_t>(b) * H * summary_floats());
+    c.index.resize(static_cast<size_t>(b) * H * index_halves());
     c.n_blocks = b;
     c.tail_start = options_.sinks + b * B;
     c.tail_k = std::move(tk);
@@ -441,9 +507,28 @@ const std::vector<int>& EngramMemory::last_selection(int layer, int kv_head) con
 
 // ------------------------------------------------------------ attend
 
-void EngramMemory::select_blocks(const Cell& c, int layer, int64_t n_q, int n_head, const float* q) {
+// Scores every block of `c` for the queries of one attend call and keeps the
+// top_k per KV head. One query (decode, the exact prompt tail) or
+// score_every_query: each query scored alone, with the sub-block bounds
+// where there are any (a needle's few keys are not drowned by the other
+// keys of a 128-key block's bounds). A prefill chunk: its mean query per
+// head, against whole-block bounds (one cheap pass per chunk).
+void EngramMemory::select_blocks(const Cell& c, int layer, int64_t pos0, int64_t n_q, int n_head, const float* q) {
   const int H = layout_.n_kv_head, kd = layout_.k_dim, group = n_head / H;
   const int64_t nb = static_cast<int64_t>(c.units.size()) / std::max(H, 1);
+  const bool each_query = n_q == 1 || options_.score_every_query;
+  const int n_sub = each_query && scoring_ == Scoring::BOUND ? n_sub_blocks() : 0;
+  const bool exact = each_query && scoring_ == Scoring::BOUND && exact_index();
+  std::vector<float> block_keys(exact ? index_halves() : 0);  // [B, k_dim] one block's keys, decoded
+  const size_t stride = summary_floats();
+  // Queries moved to position 0, as the summaries' keys were (make_block).
+  std::vector<float> q_moved;
+  if (options_.rotate_keys && nb > options_.top_k) {
+    q_moved.assign(q, q + static_cast<size_t>(n_q) * n_head * kd);
+    for (int64_t i = 0; i < n_q; ++i)
+      options_.rotate_keys(q_moved.data() + static_cast<size_t>(i) * n_head * kd, n_head, -(pos0 + i));
+    q = q_moved.data();
+  }
   std::vector<float> qset, scores(static_cast<size_t>(nb));
   for (int g = 0; g < H; ++g) {
     std::vector<int>& sel = selection_[static_cast<size_t>(layer) * H + g];
@@ -454,7 +539,7 @@ void EngramMemory::select_blocks(const Cell& c, int layer, int64_t n_q, int n_he
     }
     // The query vectors this KV head's selection serves.
     qset.clear();
-    if (n_q == 1 || options_.score_every_query) {
+    if (each_query) {
       for (int64_t i = 0; i < n_q; ++i)
         for (int h = g * group; h < (g + 1) * group; ++h) {
           const float* qh = q + (static_cast<size_t>(i) * n_head + h) * kd;
@@ -469,15 +554,29 @@ void EngramMemory::select_blocks(const Cell& c, int layer, int64_t n_q, int n_he
     }
     const size_t n_vec = qset.size() / static_cast<size_t>(kd);
     for (int64_t b = 0; b < nb; ++b) {
-      const float* kmin = c.summary.data() + (static_cast<size_t>(b) * H + g) * 3 * kd;
+      const float* kmin = c.summary.data() + (static_cast<size_t>(b) * H + g) * stride;
       const float* kmax = kmin + kd;
       const float* kmean = kmax + kd;
       float best = kNegInf;
+      if (exact) {
+        const uint16_t* h16 = c.index.data() + (static_cast<size_t>(b) * H + g) * index_halves();
+        for (size_t i = 0; i < block_keys.size(); ++i) block_keys[i] = half_to_float_fast(h16[i]);
+      }
       for (size_t j = 0; j < n_vec; ++j) {
         const float* qv = qset.data() + j * kd;
-        const float s = scoring_ == Scoring::BOUND ? block_score_bound(qv, kmin, kmax, kd)
-                                                   : kernels::dot(qv, kmean, static_cast<size_t>(kd));
-        best = std::max(best, s);
+        if (exact) {
+          for (int r = 0; r < options_.block_size; ++r)
+            best = std::max(best, kernels::dot(qv, block_keys.data() + static_cast<size_t>(r) * kd,
+                                               static_cast<size_t>(kd)));
+        } else if (n_sub > 0) {
+          for (int u = 0; u < n_sub; ++u) {
+            const float* sub = kmean + kd + static_cast<size_t>(2 * u) * kd;
+            best = std::max(best, block_score_bound(qv, sub, sub + kd, kd));
+          }
+        } else {
+          best = std::max(best, scoring_ == Scoring::BOUND ? block_score_bound(qv, kmin, kmax, kd)
+                                                           : kernels::dot(qv, kmean, static_cast<size_t>(kd)));
+        }
       }
       scores[static_cast<size_t>(b)] = best;
     }
@@ -500,7 +599,7 @@ void EngramMemory::attend(int layer, int seq, int64_t pos0, int n, int n_head, c
   // 1. Retrieval, and the selected units made resident (the only I/O).
   sel_units_.resize(static_cast<size_t>(H));
   if (mode_ == Mode::ENGRAM) {
-    select_blocks(c, layer, n, n_head, q);
+    select_blocks(c, layer, pos0, n, n_head, q);
     update_capacity();
     for (int g = 0; g < H; ++g) {
       const std::vector<int>& sel = selection_[static_cast<size_t>(layer) * H + g];
@@ -581,14 +680,20 @@ void EngramMemory::prepare_head(const Cell& c, int layer, int g, int64_t pos0, H
   rows.block_k.assign(static_cast<size_t>(n_sel), nullptr);
   rows.block_v.assign(static_cast<size_t>(n_sel), nullptr);
   rows.block_pos.assign(static_cast<size_t>(n_sel), 0);
+  const bool values_in_keys = layout_.values_in_keys;
+  rows.block_v_stride = static_cast<size_t>(values_in_keys ? kd : vd);
   rows.keys.resize(static_cast<size_t>(n_sel) * B * kd);
-  rows.vals.resize(static_cast<size_t>(n_sel) * B * vd);
+  rows.vals.resize(static_cast<size_t>(n_sel) * B * rows.block_v_stride);
   const std::vector<const uint8_t*>& units = sel_units_[static_cast<size_t>(g)];
   for (int64_t j = 0; j < n_sel; ++j) {
     float* k_buf = rows.keys.data() + static_cast<size_t>(j) * B * kd;
-    float* v_buf = rows.vals.data() + static_cast<size_t>(j) * B * vd;
+    float* v_buf = rows.vals.data() + static_cast<size_t>(j) * B * rows.block_v_stride;
     const float *keys, *vals;
-    codec_.rows(units[static_cast<size_t>(j)], k_buf, v_buf, &keys, &vals);
+    // values_in_keys: the keys decode into the value buffer and are the
+    // values, so moving the keys below (a rotated copy in k_buf) cannot
+    // disturb them, whatever part of the key the rotator touches.
+    codec_.rows(units[static_cast<size_t>(j)], values_in_keys ? v_buf : k_buf, v_buf, &keys, &vals);
+    if (values_in_keys) vals = keys;
     const int64_t first_pos = options_.sinks + static_cast<int64_t>((*sel)[static_cast<size_t>(j)]) * B;
     // Selected blocks sit back to back, in their original order, ending at virtual_end.
     const int64_t delta = remap ? virtual_end - (n_sel - j) * B - first_pos : 0;
@@ -632,15 +737,20 @@ void EngramMemory::attend_item(const Cell& c, int g, int64_t pos0, int i0, int i
   };
 
   const int64_t n_tail = static_cast<int64_t>(c.tail_k.size() / std::max<size_t>(kr, 1));
+  // Sink and tail values: their own rows, or (values_in_keys) the stored,
+  // never moved key rows of this head.
+  const bool vik = layout_.values_in_keys;
+  const size_t gk = static_cast<size_t>(g) * kd, gv = static_cast<size_t>(g) * vd, val_stride = vik ? kr : vr;
   if (c.n_sink() > 0)
-    segment(rows.sink_k, rows.sink_k_stride, c.sink_v.data() + static_cast<size_t>(g) * vd, vr, 0, c.n_sink(), false);
+    segment(rows.sink_k, rows.sink_k_stride, vik ? c.sink_k.data() + gk : c.sink_v.data() + gv, val_stride, 0,
+            c.n_sink(), false);
   // Causality uses the original positions: every block precedes every query.
   for (size_t j = 0; j < rows.block_k.size(); ++j)
-    segment(rows.block_k[j], static_cast<size_t>(kd), rows.block_v[j], static_cast<size_t>(vd), rows.block_pos[j], B,
+    segment(rows.block_k[j], static_cast<size_t>(kd), rows.block_v[j], rows.block_v_stride, rows.block_pos[j], B,
             false);
   if (n_tail > 0)
-    segment(c.tail_k.data() + static_cast<size_t>(g) * kd, kr, c.tail_v.data() + static_cast<size_t>(g) * vd, vr,
-            c.tail_start, n_tail, mode_ == Mode::WINDOW);
+    segment(c.tail_k.data() + gk, kr, vik ? c.tail_k.data() + gk : c.tail_v.data() + gv, val_stride, c.tail_start,
+            n_tail, mode_ == Mode::WINDOW);
 
   for (int i = i0; i < i1; ++i)
     for (int j = 0; j < group; ++j) {
@@ -655,9 +765,11 @@ void EngramMemory::attend_item(const Cell& c, int g, int64_t pos0, int i0, int i
 
 // Format (little-endian):
 //   "ENGRAMEM" | u32 version | u32 mode | u32 n_layer, n_kv_head, k_dim, v_dim, n_seq
-//   | u32 sinks, window, block_size, compression
+//   | u32 sinks, window, block_size, compression, values_in_keys, summary_rows,
+//     remapped (summaries of keys moved to position 0)
 //   per layer, per seq: i64 n_stored, tail_start, n_blocks
-//     | sink k, v floats | engram: n_blocks*n_kv_head units (unit_bytes each), summary floats
+//     | sink k, v floats | engram: n_blocks*n_kv_head units (unit_bytes each), summary floats,
+//       index keys (fp16; summary_rows == 1)
 //     | tail k, v floats
 Status EngramMemory::save(const std::string& path) const {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -669,7 +781,9 @@ Status EngramMemory::save(const std::string& path) const {
   put_u32(kVersion);
   put_u32(static_cast<uint32_t>(mode_));
   for (int x : {layout_.n_layer, layout_.n_kv_head, layout_.k_dim, layout_.v_dim, layout_.n_seq, options_.sinks,
-                options_.window, options_.block_size, static_cast<int>(options_.compression)})
+                options_.window, options_.block_size, static_cast<int>(options_.compression),
+                layout_.values_in_keys ? 1 : 0, options_.summary_rows,
+                static_cast<int>(static_cast<bool>(options_.rotate_keys))})
     put_u32(static_cast<uint32_t>(x));
   std::vector<uint8_t> unit(codec_.unit_bytes());
   for (const Cell& c : cells_) {
@@ -684,6 +798,7 @@ Status EngramMemory::save(const std::string& path) const {
         put(unit.data(), unit.size());
       }
       put(c.summary.data(), c.summary.size() * sizeof(float));
+      put(c.index.data(), c.index.size() * sizeof(uint16_t));
     }
     put(c.tail_k.data(), c.tail_k.size() * sizeof(float));
     put(c.tail_v.data(), c.tail_v.size() * sizeof(float));
@@ -706,7 +821,7 @@ Status EngramMemory::load(const std::string& path) {
   ENGRAM_RETURN_IF_ERROR(r.read(version, "version"));
   if (version != kVersion)
     return make_error(path, ": engram memory file version ", std::to_string(version), " is not supported (expected ",
-                      std::to_string(kVersion), ")");
+                      std::to_string(kVersion), "; a file from an older engram must be made again)");
   ENGRAM_RETURN_IF_ERROR(r.read(mode, "mode"));
   if (mode != static_cast<uint32_t>(mode_))
     return make_error(path, ": the file holds a ", mode ? "window" : "engram", " memory, this is a ",
@@ -716,7 +831,10 @@ Status EngramMemory::load(const std::string& path) {
                           {"k_dim", layout_.k_dim},       {"v_dim", layout_.v_dim},
                           {"n_seq", layout_.n_seq},       {"sinks", options_.sinks},
                           {"window", options_.window},    {"block_size", options_.block_size},
-                          {"compression", static_cast<int>(options_.compression)}};
+                          {"compression", static_cast<int>(options_.compression)},
+                          {"values_in_keys", layout_.values_in_keys ? 1 : 0},
+                          {"summary_rows", options_.summary_rows},
+                          {"remapped (position-normalised summaries)", static_cast<bool>(options_.rotate_keys)}};
   for (const Field& f : fields) {
     uint32_t got = 0;
     ENGRAM_RETURN_IF_ERROR(r.read(got, f.name));
@@ -759,7 +877,9 @@ Status EngramMemory::load(const std::string& path) {
           c.units.push_back(*id);
         }
         ENGRAM_RETURN_IF_ERROR(
-            r.read_vec(c.summary, static_cast<size_t>(c.n_blocks) * H * 3 * kd, "block summaries"));
+            r.read_vec(c.summary, static_cast<size_t>(c.n_blocks) * H * summary_floats(), "block summaries"));
+        ENGRAM_RETURN_IF_ERROR(
+            r.read_vec(c.index, static_cast<size_t>(c.n_blocks) * H * index_halves(), "block index keys"));
       }
       ENGRAM_RETURN_IF_ERROR(r.read_vec(c.tail_k, n_tail * k_row(), "tail keys"));
       ENGRAM_RETURN_IF_ERROR(r.read_vec(c.tail_v, n_tail * v_row(), "tail values"));

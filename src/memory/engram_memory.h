@@ -19,6 +19,18 @@
 // that key's dot product, however ordinary its other 127 keys are, whereas
 // a mean key (InfLLM-style representative) dilutes it 128-fold. The mean key
 // is kept as well (EngramMemory::Scoring::MEAN) for comparison.
+// A single query (decode, the exact prompt tail) scores each block by its
+// largest exact q.k (options.summary_rows == 1, the default: the blocks'
+// keys kept in RAM in fp16, an index like DeepSeek V3.2's lightning indexer
+// keys), or by the best min/max bound of its sub-blocks of summary_rows keys
+// (less RAM, less precise). One bound per 64-key block found the needle at
+// 32K in 1 of 6 trials; the exact index in 18 of 18 (8K and 32K).
+// With remapping, summaries are made of keys moved to position 0 and
+// queries are moved to position 0 before scoring: the score is a match of
+// content, the same at any distance. Scored at their real positions, a
+// query 30K tokens after a needle meets RoPE angles a model trained at 2K
+// never saw, and its selection is close to random (measured: the needle
+// block was picked by the retrieval layer's heads far less often).
 // The GQA query heads of a KV head share its selection: the score is the max
 // over them. A prefill chunk shares one selection too: scored with the
 // chunk's mean query per head (one pass over the summaries per chunk, the
@@ -51,6 +63,12 @@
 // query of the chunk). Retrieval scores the summaries of the original keys;
 // remapped keys differ from them by a rotation, so the Quest bound is a
 // heuristic there, not a bound.
+//
+// Latent values (MemoryLayout::values_in_keys, MLA): sinks, tail and block
+// units hold the key rows only, and every segment reads its values from the
+// first v_dim entries of the stored rows (stride k_dim), so compression of a
+// unit covers keys and values at once. Remapping rotates a copy of the keys;
+// the values are read from the rows as stored, never from the moved copy.
 //
 // The window mode (make_window_memory) is the same structure with no
 // blocks: positions leaving the window are dropped, and each query attends
@@ -120,7 +138,11 @@ class EngramMemory final : public Memory {
   Status make_block(Cell& c, int64_t row0);
   void release_cell(Cell& c);
   void update_capacity();
-  void select_blocks(const Cell& c, int layer, int64_t n_q, int n_head, const float* q);
+  void select_blocks(const Cell& c, int layer, int64_t pos0, int64_t n_q, int n_head, const float* q);
+  int n_sub_blocks() const;       // sub-block bounds per block summary
+  bool exact_index() const;       // summary_rows == 1: blocks' keys kept in fp16 for exact scoring
+  size_t index_halves() const;    // fp16 index values per block of one KV head
+  size_t summary_floats() const;  // floats per block summary of one KV head
   void prepare_head(const Cell& c, int layer, int kvh, int64_t pos0, HeadRows& rows) const;
   void attend_item(const Cell& c, int kvh, int64_t pos0, int i0, int i1, int n_head, const float* q, float* out,
                    float scale, const HeadRows& rows, Scratch& s) const;

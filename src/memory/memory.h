@@ -23,6 +23,11 @@ struct MemoryLayout {
   int v_dim = 0;       // per-head value size
   int64_t n_ctx = 0;   // positions per sequence the memory must hold
   int n_seq = 1;       // independent sequences
+  // MLA (deepseek2): a position's value is the first v_dim entries of its
+  // key row (v_dim <= k_dim), so memories store the keys only and append()
+  // ignores v (it may be null): the latent [c, k_pe] is stored once, not
+  // with c again as the value.
+  bool values_in_keys = false;
 };
 
 class Memory {
@@ -56,7 +61,7 @@ class Memory {
   // One sequence alone (the server's prefix cache on disk): save_seq writes
   // positions [0, n) of `seq` (n < 0: all it holds) to `path`; load_seq
   // replaces whatever `seq` held by such a file's positions. A file fits any
-  // memory of the same kind and layout (n_layer, n_kv_head, k_dim, v_dim),
+  // memory of the same kind and layout (n_layer, n_kv_head, k_dim, v_dim, values_in_keys),
   // whatever its n_seq. The default: not supported (an error naming why).
   virtual Status save_seq(int seq, const std::string& path, int64_t n = -1) const {
     return make_error(path, ": saving one sequence (", std::to_string(seq), ", ", std::to_string(n),
@@ -115,6 +120,12 @@ struct EngramMemoryOptions {
   // Block scoring for a prefill chunk: false scores with the chunk's mean
   // query (cheap, InfLLM-style), true with every query (max over them).
   bool score_every_query = false;
+  // How a single query scores blocks (decode, the exact prompt tail). 1: by
+  // the exact max q.k over the block's keys, kept in RAM in fp16 (2 bytes
+  // per key value: the size of fp16 blocks again). > 1: by the best min/max
+  // bound over sub-blocks of that many keys (2 * k_dim floats per sub-block;
+  // >= block_size: one bound per block, the least RAM and the least recall).
+  int summary_rows = 1;
   // Prompt tokens at the end of each Session::decode call that run one at a
   // time, each retrieving its own blocks (Memory::exact_tail).
   int exact_tail = 32;

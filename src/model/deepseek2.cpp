@@ -93,6 +93,19 @@ struct Layer {
   MoeWeights experts;               // the others
 };
 
+// A next-n (MTP) block: an ordinary layer whose input is
+// eh_proj([enorm(embed(next token)) | hnorm(main hidden)]) and whose output
+// goes through its own head (llama.cpp's blk.N.nextn.* tensors, N >= the
+// main layer count).
+struct MtpLayer {
+  Layer block;
+  TensorView eh_proj;                 // ne {2 * n_embd, n_embd}
+  const float* enorm = nullptr;       // [n_embd]
+  const float* hnorm = nullptr;       // [n_embd]
+  Head head;                          // nextn.embed_tokens / shared_head_norm / shared_head_head,
+                                      // each falling back to the main model's
+};
+
 // Scratch of one forward() beyond transformer::Activations, which already has
 // the MQA shapes: q [n, n_head, latent], k [n, latent], v [n, kv_lora],
 // att [n, n_head, kv_lora].
@@ -296,20 +309,41 @@ class Deepseek2Model final : public TransformerModel {
   // key heads: no remapping (keys keep their positions).
   KeyRotator key_rotator() const override { return {}; }
 
+  // The stored key is the latent [c, k_pe] and the value is c, its first
+  // kv_lora_rank entries: every memory keeps the latent once per token.
+  MemoryLayout memory_layout(int64_t n_ctx, int n_seq = 1) const override {
+    MemoryLayout m = TransformerModel::memory_layout(n_ctx, n_seq);
+    m.values_in_keys = true;
+    return m;
+  }
+
+  // Per-head keys [nope | rope] and values [v_head] of every head, as plain
+  // multi-head attention of this width would store them.
+  size_t full_kv_bytes_per_token() const override {
+    return static_cast<size_t>(config_.n_layer) * config_.n_head * (mla_.k_head() + mla_.v_head) * sizeof(float);
+  }
+
   Status load_weights() {
     ModelConfig& c = config_;
     ENGRAM_RETURN_IF_ERROR(read_mla_config(*file_, c, mla_));
     ENGRAM_RETURN_IF_ERROR(read_moe_config(*file_, c, moe_));
+    // Next-n (MTP) blocks are the last nextn_predict_layers of block_count:
+    // from here on n_layer counts the main layers only, which is what the
+    // forward runs and the memory holds.
+    ENGRAM_RETURN_IF_ERROR(read_dim(*file_, c.arch + ".nextn_predict_layers", n_nextn_, 0, 0));
+    if (n_nextn_ >= c.n_layer)
+      return make_error(file_->path(), ": ", c.arch, ".nextn_predict_layers ", std::to_string(n_nextn_),
+                        " leaves no main layer of block_count ", std::to_string(c.n_layer));
+    c.n_layer -= n_nextn_;
     c.rope.neox = false;  // deepseek2 rotates adjacent pairs (LLAMA_ROPE_TYPE_NORM)
     WeightLoader w(*file_);
     head_ = load_head(w, c, owned_);
+    // A file may declare next-n layers but carry only the main ones (as
+    // llama.cpp allows): then there is simply no MTP.
+    if (n_nextn_ > 0 && w.has(blk(c.n_layer, "nextn.eh_proj.weight")))
+      for (int j = 0; j < n_nextn_; ++j) load_mtp_layer(w, c.n_layer + j, mtp_.emplace_back());
     for (int l = 0; l < c.n_layer; ++l) {
-      Layer& L = layers_.emplace_back();
-      load_attention_weights(w, l, L.attn);
-      L.ffn_norm = w.require_vector(blk(l, "ffn_norm.weight"), c.n_embd, owned_);
-      L.moe = l >= moe_.n_dense_lead;
-      if (!L.moe) L.dense = load_swiglu(w, l, c);
-      else load_expert_weights(w, l, L.experts);
+      load_layer(w, l, layers_.emplace_back());
     }
     rope_ = Rope(c.rope);
     return w.status();
@@ -327,6 +361,47 @@ class Deepseek2Model final : public TransformerModel {
   }
 
   void set_prefill(MlaPrefill mode) { prefill_ = mode; }
+
+  int mtp_layers() const override { return static_cast<int>(mtp_.size()); }
+  void keep_hidden(bool on) override {
+    keep_hidden_ = on;
+    if (!on) hidden_.clear();
+  }
+  std::span<const float> last_hidden() const override { return hidden_; }
+
+  Status mtp_forward(std::span<const float> hidden, std::span<const TokenId> next, int64_t pos0, Memory& memory,
+                     float* logits, float* hidden_out, ThreadPool& pool) override {
+    const ModelConfig& c = config_;
+    const int n = static_cast<int>(next.size());
+    const size_t D = static_cast<size_t>(c.n_embd);
+    if (mtp_.empty()) return make_error(file_->path(), ": no next-n (MTP) layers");
+    if (n == 0 || hidden.size() != static_cast<size_t>(n) * D || pos0 < 0)
+      return make_error("mtp_forward: ", std::to_string(n), " tokens need ", std::to_string(n), " x ",
+                        std::to_string(D), " hidden values, got ", std::to_string(hidden.size()));
+    ModelConfig one_layer = c;  // the memory holds the next-n block's layer only
+    one_layer.n_layer = mtp_layers();
+    ENGRAM_RETURN_IF_ERROR(check_forward_args(one_layer, next, memory, 0));
+    const MtpLayer& M = mtp_.front();
+    Activations& a = act_;
+    a.resize(c, n);
+    resize_scratch(n, pool.size());
+    // x = eh_proj([enorm(embed(next)) | hnorm(hidden)])   [n, n_embd]
+    mtp_in_.resize(static_cast<size_t>(n) * 2 * D);
+    embed(M.head, next, a.x.data(), c.n_embd);
+    for (int t = 0; t < n; ++t) {
+      float* row = mtp_in_.data() + static_cast<size_t>(t) * 2 * D;
+      kernels::rms_norm(a.x.data() + t * D, M.enorm, row, D, c.norm_eps);
+      kernels::rms_norm(hidden.data() + t * D, M.hnorm, row + D, D, c.norm_eps);
+    }
+    float* x = a.x.data();
+    kernels::matmul(M.eh_proj, mtp_in_.data(), x, n, pool);
+    const BatchSegment seg{0, pos0, n};
+    ENGRAM_RETURN_IF_ERROR(run_mtp_block(M.block, std::span<const BatchSegment>(&seg, 1), x, n, memory, pool));
+    // The block's own head: norm for every row (chaining reads it), logits for the last.
+    rms_norm_rows(x, M.head.output_norm, hidden_out, n, c.n_embd, c.norm_eps, pool);
+    kernels::matmul(M.head.output, hidden_out + static_cast<size_t>(n - 1) * D, logits, 1, pool);  // [n_vocab]
+    return Status::ok();
+  }
 
  protected:
   // One pass over every row of every segment: forward() and forward_batch().
@@ -364,6 +439,10 @@ class Deepseek2Model final : public TransformerModel {
       else moe_ffn(L.experts, a.xb.data(), a.proj.data(), n, pool);             // proj: [n, n_embd]
       add_in_place(x, a.proj.data(), static_cast<size_t>(n) * c.n_embd);
     }
+    if (keep_hidden_) {  // what the next-n (MTP) block reads: every row after the output norm
+      hidden_.resize(static_cast<size_t>(n) * c.n_embd);
+      rms_norm_rows(x, head_.output_norm, hidden_.data(), n, c.n_embd, c.norm_eps, pool);
+    }
     output_logits(head_, c, x, segments, all_logits, logits, a, pool);  // [n or segments, n_vocab]
     return Status::ok();
   }
@@ -380,6 +459,54 @@ class Deepseek2Model final : public TransformerModel {
       first += n;
     }
     return Status::ok();
+  }
+
+  // Block l of the file as a next-n layer: its attention and FFN tensors
+  // (MoE when l >= leading_dense_block_count, as in llama.cpp) plus the
+  // nextn.* ones; the optional embedding, head norm and head fall back to
+  // the main model's.
+  void load_mtp_layer(WeightLoader& w, int l, MtpLayer& M) {
+    const ModelConfig& c = config_;
+    load_layer(w, l, M.block);
+    M.eh_proj = w.require(blk(l, "nextn.eh_proj.weight"), {2 * int64_t{c.n_embd}, c.n_embd});
+    M.enorm = w.require_vector(blk(l, "nextn.enorm.weight"), c.n_embd, owned_);
+    M.hnorm = w.require_vector(blk(l, "nextn.hnorm.weight"), c.n_embd, owned_);
+    M.head = head_;
+    const TensorView embed = w.optional(blk(l, "nextn.embed_tokens.weight"), {c.n_embd, c.n_vocab});
+    if (embed.data) M.head.token_embd = embed;
+    const float* norm = w.optional_vector(blk(l, "nextn.shared_head_norm.weight"), c.n_embd, owned_);
+    if (norm) M.head.output_norm = norm;
+    const TensorView out = w.optional(blk(l, "nextn.shared_head_head.weight"), {c.n_embd, c.n_vocab});
+    if (out.data) M.head.output = out;
+  }
+
+  void load_layer(WeightLoader& w, int l, Layer& L) {
+    load_attention_weights(w, l, L.attn);
+    L.ffn_norm = w.require_vector(blk(l, "ffn_norm.weight"), config_.n_embd, owned_);
+    L.moe = l >= moe_.n_dense_lead;
+    if (!L.moe) L.dense = load_swiglu(w, l, config_);
+    else load_expert_weights(w, l, L.experts);
+  }
+
+  // One layer over x [n, n_embd] in place, its latents in layer 0 of
+  // `memory`: the next-n block (always absorbed attention). The same steps
+  // as a layer of run().
+  Status run_mtp_block(const Layer& L, std::span<const BatchSegment> segments, float* x, int n, Memory& memory,
+                       ThreadPool& pool) {
+    const ModelConfig& c = config_;
+    Activations& a = act_;
+    const size_t k_row = static_cast<size_t>(mla_.latent()), v_row = static_cast<size_t>(mla_.kv_lora_rank);
+    rms_norm_rows(x, L.attn.attn_norm, a.xb.data(), n, c.n_embd, c.norm_eps, pool);
+    project_mla(L.attn, n, segments, a, pool);
+    ENGRAM_RETURN_IF_ERROR(append_segments(memory, 0, segments, a.k.data(), k_row, a.v.data(), v_row));
+    attend_absorbed(L.attn, 0, segments, n, memory, a, pool);
+    kernels::matmul(L.attn.wo, s_.heads.data(), a.proj.data(), n, pool);
+    add_in_place(x, a.proj.data(), static_cast<size_t>(n) * c.n_embd);
+    rms_norm_rows(x, L.ffn_norm, a.xb.data(), n, c.n_embd, c.norm_eps, pool);
+    if (!L.moe) swiglu_ffn(L.dense, a.xb.data(), a.proj.data(), n, c, a, pool);
+    else moe_ffn(L.experts, a.xb.data(), a.proj.data(), n, pool);
+    add_in_place(x, a.proj.data(), static_cast<size_t>(n) * c.n_embd);
+    return memory.last_error();
   }
 
   void load_attention_weights(WeightLoader& w, int l, MlaWeights& A) {
@@ -667,6 +794,12 @@ class Deepseek2Model final : public TransformerModel {
   std::vector<Layer> layers_;
   Scratch s_;
   MlaPrefill prefill_ = MlaPrefill::ABSORBED;
+  // Next-n (MTP) blocks after the main layers, and the hidden states they read.
+  int n_nextn_ = 0;                  // nextn_predict_layers (loaded or not)
+  std::vector<MtpLayer> mtp_;
+  bool keep_hidden_ = false;
+  std::vector<float> hidden_;        // [n, n_embd] rows of the last forward, when keep_hidden_
+  std::vector<float> mtp_in_;        // [n, 2 * n_embd] eh_proj input
 };
 
 }  // namespace

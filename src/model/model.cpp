@@ -87,8 +87,15 @@ uint64_t Model::parameter_count() const {
 }
 
 size_t Model::kv_bytes_per_token() const {
-  // Float32 keys and values of every kv head in every layer.
-  return static_cast<size_t>(config_.n_layer) * config_.n_head_kv * (config_.head_dim + config_.head_dim_v) *
+  // Float32 keys of every kv head in every layer, and values unless the
+  // memory reads them from the keys (MLA latents).
+  const MemoryLayout m = memory_layout(1);
+  const size_t per_head = static_cast<size_t>(m.k_dim) + (m.values_in_keys ? 0 : static_cast<size_t>(m.v_dim));
+  return static_cast<size_t>(m.n_layer) * static_cast<size_t>(m.n_kv_head) * per_head * sizeof(float);
+}
+
+size_t Model::full_kv_bytes_per_token() const {
+  return static_cast<size_t>(config_.n_layer) * config_.n_head * (config_.head_dim + config_.head_dim_v) *
          sizeof(float);
 }
 

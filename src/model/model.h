@@ -94,13 +94,47 @@ class Model {
   // function refers to this model, which must outlive its users.
   virtual KeyRotator key_rotator() const { return {}; }
 
+  // ---- Multi-token prediction (next-n layers, DeepSeek-V3 style) ----------
+  // Extra blocks a file may carry after its main layers: from the main
+  // model's final hidden state at position i and the token at i + 1, one
+  // block predicts the token at i + 2 (a draft for speculative decoding).
+  // The main forward never runs them. None by default.
+  virtual int mtp_layers() const { return 0; }
+  // When on, forward() keeps the final hidden state of every row of its
+  // last call (after the output norm: what the next-n block reads),
+  // returned by last_hidden() as [n, n_embd]; empty when off.
+  virtual void keep_hidden(bool on) { (void)on; }
+  virtual std::span<const float> last_hidden() const { return {}; }
+  // What the next-n block's own attention memory must hold (one layer).
+  MemoryLayout mtp_memory_layout(int64_t n_ctx) const {
+    MemoryLayout m = memory_layout(n_ctx);
+    m.n_layer = mtp_layers();
+    return m;
+  }
+  // Runs the first next-n block on n rows at positions pos0 .. pos0+n-1:
+  // hidden [n, n_embd] (last_hidden() rows, or this block's own output when
+  // chaining drafts) and next [n] (the token after each row). Appends to
+  // `memory` (mtp_memory_layout); writes logits [n_vocab] of the last row
+  // and the block's output hidden states [n, n_embd] (for chaining).
+  virtual Status mtp_forward(std::span<const float> hidden, std::span<const TokenId> next, int64_t pos0,
+                             Memory& memory, float* logits, float* hidden_out, ThreadPool& pool) {
+    (void)hidden, (void)next, (void)pos0, (void)memory, (void)logits, (void)hidden_out, (void)pool;
+    return make_error("model '", config_.arch, "' has no next-n (MTP) layers");
+  }
+
   // Bytes of weights and of memory per context position (for `engram info`).
   uint64_t weight_bytes() const;
   uint64_t parameter_count() const;
   // Parameters one token's forward pass reads: all of them, except in a
   // mixture of experts, where only the experts a token routes to count.
   virtual uint64_t active_parameter_count() const { return parameter_count(); }
+  // Bytes the memory stores per position (float32, all layers): keys, and
+  // values unless they live in the keys (memory_layout().values_in_keys).
   size_t kv_bytes_per_token() const;
+  // What plain multi-head attention of the same width would store per
+  // position: n_layer x n_head x (key + value head size), float32. MLA
+  // (deepseek2) overrides it with its per-head key and value sizes.
+  virtual size_t full_kv_bytes_per_token() const;
 
  protected:
   std::shared_ptr<const gguf::File> file_;

@@ -9,7 +9,9 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "gguf/gguf.h"
 #include "tensor/ggml_type.h"
 #include "util/status.h"
 
@@ -53,6 +55,23 @@ Expected<QuantizeTarget> parse_quantize_target(std::string_view name);
 // (<= 0: all). Returns a summary line (tensors, bytes in and out).
 Expected<std::string> quantize_model(const std::string& in_path, const std::string& out_path,
                                      const QuantizeTarget& target, int n_threads);
+// What the type choice of quantize_model needs to know about a model besides
+// its tensors (the values of these GGUF keys).
+struct QuantizeModelInfo {
+  std::string arch;   // general.architecture
+  int n_layer = 0;    // {arch}.block_count
+  int n_expert = 0;   // {arch}.expert_count (0: not a mixture of experts)
+  int n_head = 0;     // {arch}.attention.head_count
+  int n_head_kv = 0;  // {arch}.attention.head_count_kv
+};
+
+// The type quantize_model gives each of `tensors` (a whole model's tensors,
+// in any order; their `type` is the source type) for `target`: the result is
+// in the order of `tensors`. For writers that build a model tensor by tensor
+// (engram gen-model) and must match what quantizing an F32 file would give.
+std::vector<GgmlType> quantized_tensor_types(const QuantizeTarget& target, const QuantizeModelInfo& model,
+                                             std::span<const gguf::TensorInfo> tensors);
+
 // Same, with a plain type (Q4_K means Q4_K_M, Q5_K means Q5_K_M).
 Expected<std::string> quantize_model(const std::string& in_path, const std::string& out_path, GgmlType type, int n_threads);
 

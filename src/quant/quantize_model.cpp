@@ -182,9 +182,9 @@ std::optional<GgmlType> choose_type(const QuantizeTarget& target, const ModelSha
 }
 
 // llama.cpp's tensor order: tensors outside layers first, then by layer, by name within.
-std::vector<const gguf::TensorInfo*> llama_order(const gguf::File& in) {
+std::vector<const gguf::TensorInfo*> llama_order(std::span<const gguf::TensorInfo> tensors) {
   std::vector<const gguf::TensorInfo*> order;
-  for (const auto& t : in.tensors()) order.push_back(&t);
+  for (const auto& t : tensors) order.push_back(&t);
   std::stable_sort(order.begin(), order.end(), [](const gguf::TensorInfo* a, const gguf::TensorInfo* b) {
     const int la = layer_of(a->name), lb = layer_of(b->name);
     if (la != lb) return la < lb;
@@ -193,30 +193,41 @@ std::vector<const gguf::TensorInfo*> llama_order(const gguf::File& in) {
   return order;
 }
 
-Expected<ModelShape> model_shape(const gguf::File& in, const std::vector<const gguf::TensorInfo*>& tensors) {
+ModelShape shape_of(const QuantizeModelInfo& info, const std::vector<const gguf::TensorInfo*>& tensors) {
   ModelShape shape;
-  const Expected<std::string> arch = in.get_string("general.architecture");
-  const std::string prefix = arch ? *arch + "." : std::string("llama.");
-  shape.falcon = arch && *arch == "falcon";
-
+  shape.falcon = info.arch == "falcon";
   int max_layer = -1;
   for (const auto* t : tensors) {
     max_layer = std::max(max_layer, layer_of(t->name));
     if (category_of(t->name) == Category::kOutput) shape.has_output = true;
     if (category_of(t->name) == Category::kAttnV) ++shape.n_attn_v;
   }
+  shape.n_layer = info.n_layer > 0 ? info.n_layer : max_layer + 1;
+  shape.n_expert = info.n_expert;
+  // llama.cpp calls an 80-layer llama with grouped-query attention "70B".
+  shape.llama_70b = info.arch == "llama" && shape.n_layer == 80 && info.n_head != info.n_head_kv;
+  return shape;
+}
+
+Expected<ModelShape> model_shape(const gguf::File& in, const std::vector<const gguf::TensorInfo*>& tensors) {
+  QuantizeModelInfo info;
+  const Expected<std::string> arch = in.get_string("general.architecture");
+  if (arch) info.arch = *arch;
+  const std::string prefix = arch ? *arch + "." : std::string("llama.");
+  int max_layer = -1;
+  for (const auto* t : tensors) max_layer = std::max(max_layer, layer_of(t->name));
   Expected<int64_t> n_layer = in.get_int_or(prefix + "block_count", max_layer + 1);
   if (!n_layer) return n_layer.error();
   Expected<int64_t> n_expert = in.get_int_or(prefix + "expert_count", 0);
   if (!n_expert) return n_expert.error();
-  shape.n_layer = static_cast<int>(*n_layer);
-  shape.n_expert = static_cast<int>(*n_expert);
-
-  // llama.cpp calls an 80-layer llama with grouped-query attention "70B".
+  info.n_layer = static_cast<int>(*n_layer);
+  info.n_expert = static_cast<int>(*n_expert);
   Expected<int64_t> n_head = in.get_int_or(prefix + "attention.head_count", 0);
   Expected<int64_t> n_head_kv = in.get_int_or(prefix + "attention.head_count_kv", n_head ? *n_head : 0);
-  shape.llama_70b = arch && *arch == "llama" && shape.n_layer == 80 && n_head && n_head_kv && *n_head != *n_head_kv;
-  return shape;
+  // A missing or unreadable head count never makes a "70B" (as before: both must be read).
+  info.n_head = n_head ? static_cast<int>(*n_head) : 0;
+  info.n_head_kv = n_head && n_head_kv ? static_cast<int>(*n_head_kv) : info.n_head;
+  return shape_of(info, tensors);
 }
 
 // Converts one tensor to `type`: rows are dequantized to float when needed
@@ -274,6 +285,20 @@ Expected<QuantizeTarget> parse_quantize_target(std::string_view name) {
   return make_error("unknown quantization type '", std::string(name), "' (expected one of: ", known, ")");
 }
 
+std::vector<GgmlType> quantized_tensor_types(const QuantizeTarget& target, const QuantizeModelInfo& model,
+                                             std::span<const gguf::TensorInfo> tensors) {
+  const std::vector<const gguf::TensorInfo*> order = llama_order(tensors);
+  const ModelShape shape = shape_of(model, order);
+  MixCounters counters;  // advanced in llama.cpp's order, as quantize_model does
+  std::vector<GgmlType> types(tensors.size());
+  for (const gguf::TensorInfo* t : order) {
+    GgmlType type = t->type;
+    if (is_quantizable(*t)) type = choose_type(target, shape, counters, *t).value_or(t->type);
+    types[static_cast<size_t>(t - tensors.data())] = type;
+  }
+  return types;
+}
+
 Expected<std::string> quantize_model(const std::string& in_path, const std::string& out_path, GgmlType type,
                                      int n_threads) {
   for (const auto& e : kTargets)
@@ -287,7 +312,7 @@ Expected<std::string> quantize_model(const std::string& in_path, const std::stri
   if (!opened) return opened.error();
   const gguf::File& in = *opened;
 
-  const std::vector<const gguf::TensorInfo*> tensors = llama_order(in);
+  const std::vector<const gguf::TensorInfo*> tensors = llama_order(in.tensors());
   Expected<ModelShape> shape = model_shape(in, tensors);
   if (!shape) return shape.error();
 

@@ -15,6 +15,8 @@
 namespace engram {
 namespace {
 
+using test::max_abs_diff;
+
 // A toy layout with GQA (3 query heads per kv head) and k_dim != v_dim.
 MemoryLayout test_layout(int n_seq = 2, int64_t n_ctx = 24) {
   MemoryLayout l;
@@ -39,13 +41,6 @@ std::vector<float> naive_attention(const MemoryLayout& l, const Stored& s, int64
                                    float scale, const std::vector<bool>& absent = {}) {
   auto visible = [&](int64_t, int64_t j, int) { return absent.empty() || !absent[static_cast<size_t>(j)]; };
   return test::naive_attention(l, kHeads, s, pos0, n, q, scale, visible);
-}
-
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  float m = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
 }
 
 // Fills `mem` (layer 0 and 1, one seq) with n random positions, appended in

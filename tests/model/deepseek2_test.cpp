@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "gguf/gguf.h"
+#include "memory/engram_memory.h"
 #include "memory/memory.h"
 #include "model/deepseek2.h"
 #include "model/model.h"
@@ -25,6 +26,8 @@
 
 namespace engram {
 namespace {
+
+using test::max_abs_diff;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -43,13 +46,6 @@ std::unique_ptr<Model> load_or_fail(const fs::path& path) {
 }
 
 int argmax(const float* row, int n) { return static_cast<int>(std::max_element(row, row + n) - row); }
-
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  float m = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
 
 using MemoryFactory = std::function<std::unique_ptr<Memory>(const MemoryLayout&)>;
 std::unique_ptr<Memory> dense(const MemoryLayout& l) { return make_dense_memory(l); }
@@ -172,28 +168,73 @@ INSTANTIATE_TEST_SUITE_P(Ref, Deepseek2Ref, ::testing::Values(kV2Lite, kV3), [](
   return s;
 });
 
+// The memory stores the latent [c, k_pe] once per token: c is the value too
+// (values_in_keys), so per-token memory is (kv_lora_rank + rope) per layer
+// times the element size, in the dense memory (f32) and in the engram
+// memory's blocks (f32 or f16), against n_head x (key + value) per layer
+// for full per-head K/V of the same width.
 TEST(Deepseek2, MemoryHoldsTheLatentPerToken) {
   ENGRAM_REQUIRE_REF();
-  const json hp = manifest_of(kV3)["hparams"];
-  auto model = load_or_fail(models_dir() / (std::string(kV3) + ".gguf"));
-  ASSERT_TRUE(model);
-  const int n_layer = hp["n_layer"], kv_lora = hp["kv_lora_rank"], rope = hp["qk_rope_head_dim"];
-  const MemoryLayout m = model->memory_layout(100, 2);
-  EXPECT_EQ(m.n_layer, n_layer);
-  EXPECT_EQ(m.n_kv_head, 1);
-  EXPECT_EQ(m.k_dim, kv_lora + rope);  // [c, k_pe]
-  EXPECT_EQ(m.v_dim, kv_lora);         // c again (the value side of the MQA form)
-  EXPECT_EQ(m.n_ctx, 100);
-  EXPECT_EQ(m.n_seq, 2);
-  // Latent bytes per context token (f32) against full per-head K/V of the
-  // same model: 3 x (64 + 16) x 4 = 960 vs 3 x 4 x (48 + 32) x 4 = 3840.
-  const size_t latent = size_t{static_cast<size_t>(n_layer)} * m.n_kv_head * m.k_dim * sizeof(float);
-  const size_t full = size_t{static_cast<size_t>(n_layer)} * hp["n_head"].get<size_t>() *
-                      (hp["key_length_mla"].get<size_t>() + hp["value_length_mla"].get<size_t>()) * sizeof(float);
-  EXPECT_EQ(latent, static_cast<size_t>(n_layer) * (kv_lora + rope) * 4);
-  std::printf("[ deepseek2 ] latent %zu bytes/token vs full K/V %zu bytes/token (%.1fx)\n", latent, full,
-              static_cast<double>(full) / static_cast<double>(latent));
-  EXPECT_LT(latent, full);
+  for (const char* name : {kV2Lite, kV3}) {
+    SCOPED_TRACE(name);
+    const json manifest = manifest_of(name);
+    const json hp = manifest["hparams"];
+    auto model = load_or_fail(models_dir() / (std::string(name) + ".gguf"));
+    ASSERT_TRUE(model);
+    const size_t n_layer = hp["n_layer"], kv_lora = hp["kv_lora_rank"], rope = hp["qk_rope_head_dim"];
+    const MemoryLayout m = model->memory_layout(100, 2);
+    EXPECT_EQ(m.n_layer, static_cast<int>(n_layer));
+    EXPECT_EQ(m.n_kv_head, 1);
+    EXPECT_EQ(m.k_dim, static_cast<int>(kv_lora + rope));  // [c, k_pe]
+    EXPECT_EQ(m.v_dim, static_cast<int>(kv_lora));         // c: the key row's first kv_lora entries
+    EXPECT_TRUE(m.values_in_keys);
+    EXPECT_EQ(m.n_ctx, 100);
+    EXPECT_EQ(m.n_seq, 2);
+
+    const size_t latent = n_layer * (kv_lora + rope) * sizeof(float);
+    const size_t full = n_layer * hp["n_head"].get<size_t>() *
+                        (hp["key_length_mla"].get<size_t>() + hp["value_length_mla"].get<size_t>()) * sizeof(float);
+    EXPECT_EQ(model->kv_bytes_per_token(), latent);
+    EXPECT_EQ(model->full_kv_bytes_per_token(), full);
+    EXPECT_LT(latent, full);
+
+    // What a dense memory really holds after a forward pass: its sequence
+    // saved and loaded into a fresh memory (no attention scratch there)
+    // grows bytes_used by the latent per position plus the dense memory's
+    // one presence byte per position.
+    const auto prompt = manifest["prompt_ids"].get<std::vector<TokenId>>();
+    const int64_t n = static_cast<int64_t>(prompt.size());
+    ThreadPool pool(2);
+    auto memory = make_dense_memory(model->memory_layout(n));
+    std::vector<float> logits(kVocab);
+    ASSERT_TRUE(model->forward(prompt, 0, 0, *memory, logits.data(), false, pool).is_ok());
+    const auto dir = test::temp_dir("deepseek2-latent");
+    const std::string path = (dir / "seq.kv").string();
+    ASSERT_TRUE(memory->save_seq(0, path).is_ok());
+    auto fresh = make_dense_memory(model->memory_layout(n));
+    const size_t empty = fresh->bytes_used();
+    Status st = fresh->load_seq(0, path);
+    ASSERT_TRUE(st.is_ok()) << st.message();
+    EXPECT_EQ(fresh->n_positions(0), n);
+    EXPECT_EQ(fresh->bytes_used() - empty - static_cast<size_t>(n), static_cast<size_t>(n) * latent);
+    fs::remove_all(dir);
+
+    // Engram memory blocks: one unit per block of the latent rows only.
+    size_t engram_per_token[2] = {0, 0};
+    for (BlockCompression c : {BlockCompression::F32, BlockCompression::F16}) {
+      EngramMemoryOptions o;
+      o.block_size = 64;
+      o.compression = c;
+      EngramMemory engram(model->memory_layout(n), o, EngramMemory::Mode::ENGRAM);
+      const size_t element = c == BlockCompression::F32 ? 4 : 2;
+      EXPECT_EQ(engram.store()->unit_bytes(), 64 * (kv_lora + rope) * element) << block_compression_name(c);
+      engram_per_token[c == BlockCompression::F16] = engram.store()->unit_bytes() / 64 * n_layer;
+    }
+    std::printf("[ %s ] latent %zu bytes/token (dense f32; engram blocks f32 %zu, fp16 %zu) vs full K/V %zu "
+                "bytes/token (%.1fx)\n",
+                name, latent, engram_per_token[0], engram_per_token[1], full,
+                static_cast<double>(full) / static_cast<double>(latent));
+  }
 }
 
 TEST(Deepseek2, ActiveParametersCountOnlyRoutedExperts) {

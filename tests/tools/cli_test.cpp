@@ -15,6 +15,8 @@
 namespace engram {
 namespace {
 
+using test::max_abs_diff;
+
 namespace fs = std::filesystem;
 
 using Result = test::CliResult;
@@ -33,12 +35,6 @@ std::vector<int> parse_ids(const std::string& line) {
 int argmax_row(const std::vector<float>& data, size_t row, size_t n) {
   auto first = data.begin() + static_cast<std::ptrdiff_t>(row * n);
   return static_cast<int>(std::max_element(first, first + static_cast<std::ptrdiff_t>(n)) - first);
-}
-
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  float m = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
 }
 
 const char* kSlugs[] = {"once_upon_a_time", "lily_and_ben_were", "empty"};

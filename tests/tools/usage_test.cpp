@@ -75,7 +75,7 @@ class UsageCommand : public ::testing::Test {
     r.usage = {prompt, cached, completion, reasoning};
     r.cost.usd = usd;
     r.finish = "stop";
-    ASSERT_TRUE(l.record(r).is_ok());
+    ASSERT_TRUE(l.record(r).has_value());
   }
 
   fs::path dir_;

@@ -1,0 +1,181 @@
+// engram bench roofline [-m MODEL] [-t N]: this machine's memory read
+// bandwidth and compute peaks, and, for a model, how close generation comes
+// to the bandwidth limit (weight bytes per token / time per token / bandwidth).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "bench_speed.h"
+#include "cmd_bench.h"
+#include "kernels/kernels.h"
+#include "kernels/peak.h"
+
+namespace engram::tools {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+struct RooflineOptions {
+  std::string model, json;
+  int threads = 0, n_gen = 128, reps = 3;
+  int buffer_mib = 1024;
+  int runs = 5;
+};
+
+// Best read bandwidth (bytes/s) over `runs` passes: each thread sums its own
+// contiguous slice of a buffer much larger than the last-level cache.
+double measure_bandwidth(ThreadPool& pool, size_t bytes, int runs, uint64_t* checksum) {
+  const size_t n_words = bytes / sizeof(uint64_t);
+  std::unique_ptr<uint64_t[]> words(new uint64_t[n_words]);
+  const size_t n_threads = static_cast<size_t>(pool.size());
+  // First touch by the thread that reads the slice later (NUMA-friendly).
+  pool.parallel_for(n_threads, [&](size_t begin, size_t end, int) {
+    for (size_t t = begin; t < end; ++t) {
+      const size_t lo = n_words * t / n_threads, hi = n_words * (t + 1) / n_threads;
+      for (size_t i = lo; i < hi; ++i) words[i] = i;
+    }
+  });
+  std::vector<uint64_t> sums(n_threads, 0);
+  double best = 0;
+  for (int r = 0; r < runs; ++r) {
+    const auto t0 = Clock::now();
+    pool.parallel_for(n_threads, [&](size_t begin, size_t end, int) {
+      for (size_t t = begin; t < end; ++t) {
+        const size_t lo = n_words * t / n_threads, hi = n_words * (t + 1) / n_threads;
+        sums[t] = kernels::sum_words(words.get() + lo, hi - lo);
+      }
+    });
+    best = std::max(best, static_cast<double>(n_words * sizeof(uint64_t)) / seconds_since(t0));
+  }
+  for (uint64_t s : sums) *checksum += s;
+  return best;
+}
+
+// Best operations/s of `loop` run on every thread at once, over 3 runs.
+template <class Loop>
+double measure_peak(ThreadPool& pool, size_t rounds, Loop loop) {
+  const size_t n_threads = static_cast<size_t>(pool.size());
+  std::vector<double> ops(n_threads, 0);
+  double best = 0;
+  for (int r = 0; r < 3; ++r) {
+    const auto t0 = Clock::now();
+    pool.parallel_for(n_threads, [&](size_t begin, size_t end, int) {
+      for (size_t t = begin; t < end; ++t) ops[t] = loop(rounds);
+    });
+    const double s = seconds_since(t0);
+    double total = 0;
+    for (double o : ops) total += o;
+    best = std::max(best, total / s);
+  }
+  return best;
+}
+
+int run(const RooflineOptions& o) {
+  if (o.buffer_mib < 1) return fail("bench roofline: --buffer-mib must be >= 1");
+  if (o.runs < 1 || o.reps < 1 || o.n_gen < 1) return fail("bench roofline: --runs, -r and -n must be >= 1");
+  // The model first, so a bad -m fails before the measurements.
+  std::unique_ptr<Model> model;
+  std::string model_path;
+  if (!o.model.empty()) {
+    auto path = resolve_model_path(o.model);
+    if (!path) return fail(path.error().message);
+    auto loaded = Model::load(*path);
+    if (!loaded) return fail(loaded.error().message);
+    model = std::move(*loaded);
+    model_path = *path;
+  }
+  ThreadPool pool(o.threads);
+
+  uint64_t checksum = 0;
+  const double bandwidth =
+      measure_bandwidth(pool, static_cast<size_t>(o.buffer_mib) << 20, o.runs, &checksum);
+  volatile float keep_f = 0;
+  volatile int32_t keep_i = 0;
+  const double fma = measure_peak(pool, 20'000'000, [&](size_t rounds) {
+    double flops = 0;
+    keep_f = keep_f + kernels::fma_rounds(rounds, &flops);
+    return flops;
+  });
+  const double int8 = measure_peak(pool, 20'000'000, [&](size_t rounds) {
+    double ops = 0;
+    keep_i = keep_i + kernels::int8_madd_rounds(rounds, &ops);
+    return ops;
+  });
+
+  nlohmann::json j;
+  j["threads"] = pool.size();
+  j["kernel_target"] = kernels::active_target();
+  j["buffer_bytes"] = static_cast<uint64_t>(o.buffer_mib) << 20;
+  j["read_bandwidth_gbs"] = bandwidth / 1e9;
+  j["fp32_fma_gflops"] = fma / 1e9;
+  j["int8_madd_gops"] = int8 / 1e9;
+  std::printf("threads:              %d (kernels: %s)\n", pool.size(), kernels::active_target());
+  std::printf("memory read bandwidth: %.2f GB/s (best of %d passes over %d MiB; checksum %llu)\n", bandwidth / 1e9,
+              o.runs, o.buffer_mib, static_cast<unsigned long long>(checksum % 1000));
+  std::printf("fp32 FMA peak:         %.1f GFLOP/s\n", fma / 1e9);
+  std::printf("int8 multiply-add:     %.1f GOP/s (int16 widening multiply-add, as the quantized dot products)\n",
+              int8 / 1e9);
+
+  if (model) {
+    auto tests = measure_speed(*model, pool, 0, o.n_gen, o.reps, 1, 42);
+    if (!tests) return fail(tests.error().message);
+    const SpeedTest& tg = tests->front();
+    const uint64_t bytes = weight_bytes_per_token(model->file());
+    const double s_per_token = 1.0 / tg.median_ts;
+    const double achieved = static_cast<double>(bytes) / s_per_token;
+    const double fraction = achieved / bandwidth;
+    std::printf("model:                 %s (%s)\n", model_path.c_str(), model_type_name(model->file()).c_str());
+    std::printf("weight bytes / token:  %.2f MiB (active parameters %.2f M of %.2f M)\n",
+                static_cast<double>(bytes) / (1024.0 * 1024.0),
+                static_cast<double>(model->active_parameter_count()) / 1e6,
+                static_cast<double>(model->parameter_count()) / 1e6);
+    std::printf("%s:                 %.2f t/s median (%.3f ms/token), %d repetitions\n", tg.name.c_str(),
+                tg.median_ts, s_per_token * 1e3, o.reps);
+    std::printf("bandwidth limit:       %.2f t/s\n", bandwidth / static_cast<double>(bytes));
+    std::printf("achieved:              %.2f GB/s = %.1f%% of the measured bandwidth\n", achieved / 1e9,
+                100.0 * fraction);
+    j["model"] = model_path;
+    j["model_type"] = model_type_name(model->file());
+    j["weight_bytes_per_token"] = bytes;
+    j["n_params"] = model->parameter_count();
+    j["n_active_params"] = model->active_parameter_count();
+    j["test"] = tg.name;
+    j["tg_median_ts"] = tg.median_ts;
+    j["tg_samples_ts"] = tg.tokens_per_s;
+    j["seconds_per_token"] = s_per_token;
+    j["bandwidth_limit_ts"] = bandwidth / static_cast<double>(bytes);
+    j["achieved_gbs"] = achieved / 1e9;
+    j["bandwidth_fraction"] = fraction;
+  }
+  if (!o.json.empty()) {
+    std::ofstream f(o.json);
+    if (!(f << j.dump(2) << "\n")) return fail("--json: cannot write '" + o.json + "'");
+  }
+  return 0;
+}
+
+}  // namespace
+
+Command add_bench_roofline_command(CLI::App& bench) {
+  auto o = std::make_shared<RooflineOptions>();
+  CLI::App* app = bench.add_subcommand(
+      "roofline", "Memory bandwidth and compute peaks; with -m, the fraction of the bandwidth limit tg reaches");
+  app->add_option("-m,--model", o->model, "GGUF model whose generation to compare with the bandwidth");
+  app->add_option("-n,--n-gen", o->n_gen, "Generated tokens per repetition (with -m)")->capture_default_str();
+  app->add_option("-r,--repetitions", o->reps, "Timed generation repetitions (with -m)")->capture_default_str();
+  app->add_option("--buffer-mib", o->buffer_mib, "Bandwidth buffer (MiB, much larger than the last-level cache)")
+      ->capture_default_str();
+  app->add_option("--runs", o->runs, "Bandwidth passes (the best counts)")->capture_default_str();
+  app->add_option("--json", o->json, "Write the results as JSON to this file");
+  add_threads_option(app, o->threads);
+  return {app, [o] { return run(*o); }};
+}
+
+}  // namespace engram::tools
