@@ -396,7 +396,9 @@ class Deepseek2Model final : public TransformerModel {
     float* x = a.x.data();
     kernels::matmul(M.eh_proj, mtp_in_.data(), x, n, pool);
     const BatchSegment seg{0, pos0, n};
-    ENGRAM_RETURN_IF_ERROR(run_mtp_block(M.block, std::span<const BatchSegment>(&seg, 1), x, n, memory, pool));
+    ENGRAM_RETURN_IF_ERROR(run_layer(M.block, 0, std::span<const BatchSegment>(&seg, 1), x, n, /*decompressed=*/false,
+                                     memory, pool));
+    ENGRAM_RETURN_IF_ERROR(memory.last_error());
     // The block's own head: norm for every row (chaining reads it), logits for the last.
     rms_norm_rows(x, M.head.output_norm, hidden_out, n, c.n_embd, c.norm_eps, pool);
     kernels::matmul(M.head.output, hidden_out + static_cast<size_t>(n - 1) * D, logits, 1, pool);  // [n_vocab]
@@ -419,26 +421,10 @@ class Deepseek2Model final : public TransformerModel {
     Activations& a = act_;
     a.resize(c, n);
     resize_scratch(n, pool.size());
-    const size_t k_row = static_cast<size_t>(mla_.latent()), v_row = static_cast<size_t>(mla_.kv_lora_rank);
     float* x = a.x.data();  // [n, n_embd]
     embed(head_, tokens, x, c.n_embd);
-
-    for (int l = 0; l < c.n_layer; ++l) {
-      const Layer& L = layers_[static_cast<size_t>(l)];
-      // Attention.
-      rms_norm_rows(x, L.attn.attn_norm, a.xb.data(), n, c.n_embd, c.norm_eps, pool);  // xb: [n, n_embd]
-      project_mla(L.attn, n, segments, a, pool);  // s.q: [n, n_head, k_head]  a.k: [n, latent]  a.v: [n, kv_lora]
-      ENGRAM_RETURN_IF_ERROR(append_segments(memory, l, segments, a.k.data(), k_row, a.v.data(), v_row));
-      if (decompressed) attend_decompressed(L.attn, n, a, pool);           // s.heads: [n, n_head * v_head]
-      else attend_absorbed(L.attn, l, segments, n, memory, a, pool);       // s.heads: [n, n_head * v_head]
-      kernels::matmul(L.attn.wo, s_.heads.data(), a.proj.data(), n, pool);  // [n, n_embd]
-      add_in_place(x, a.proj.data(), static_cast<size_t>(n) * c.n_embd);
-      // Feed-forward.
-      rms_norm_rows(x, L.ffn_norm, a.xb.data(), n, c.n_embd, c.norm_eps, pool);
-      if (!L.moe) swiglu_ffn(L.dense, a.xb.data(), a.proj.data(), n, c, a, pool);  // proj: [n, n_embd]
-      else moe_ffn(L.experts, a.xb.data(), a.proj.data(), n, pool);             // proj: [n, n_embd]
-      add_in_place(x, a.proj.data(), static_cast<size_t>(n) * c.n_embd);
-    }
+    for (int l = 0; l < c.n_layer; ++l)
+      ENGRAM_RETURN_IF_ERROR(run_layer(layers_[static_cast<size_t>(l)], l, segments, x, n, decompressed, memory, pool));
     if (keep_hidden_) {  // what the next-n (MTP) block reads: every row after the output norm
       hidden_.resize(static_cast<size_t>(n) * c.n_embd);
       rms_norm_rows(x, head_.output_norm, hidden_.data(), n, c.n_embd, c.norm_eps, pool);
@@ -488,25 +474,28 @@ class Deepseek2Model final : public TransformerModel {
     else load_expert_weights(w, l, L.experts);
   }
 
-  // One layer over x [n, n_embd] in place, its latents in layer 0 of
-  // `memory`: the next-n block (always absorbed attention). The same steps
-  // as a layer of run().
-  Status run_mtp_block(const Layer& L, std::span<const BatchSegment> segments, float* x, int n, Memory& memory,
-                       ThreadPool& pool) {
+  // One layer over x [n, n_embd] in place, its latents in `memory_layer` of
+  // `memory`: a layer of run(), or the next-n block (layer 0 of its own
+  // memory, always absorbed attention).
+  Status run_layer(const Layer& L, int memory_layer, std::span<const BatchSegment> segments, float* x, int n,
+                   bool decompressed, Memory& memory, ThreadPool& pool) {
     const ModelConfig& c = config_;
     Activations& a = act_;
     const size_t k_row = static_cast<size_t>(mla_.latent()), v_row = static_cast<size_t>(mla_.kv_lora_rank);
-    rms_norm_rows(x, L.attn.attn_norm, a.xb.data(), n, c.n_embd, c.norm_eps, pool);
-    project_mla(L.attn, n, segments, a, pool);
-    ENGRAM_RETURN_IF_ERROR(append_segments(memory, 0, segments, a.k.data(), k_row, a.v.data(), v_row));
-    attend_absorbed(L.attn, 0, segments, n, memory, a, pool);
-    kernels::matmul(L.attn.wo, s_.heads.data(), a.proj.data(), n, pool);
+    // Attention.
+    rms_norm_rows(x, L.attn.attn_norm, a.xb.data(), n, c.n_embd, c.norm_eps, pool);  // xb: [n, n_embd]
+    project_mla(L.attn, n, segments, a, pool);  // s.q: [n, n_head, k_head]  a.k: [n, latent]  a.v: [n, kv_lora]
+    ENGRAM_RETURN_IF_ERROR(append_segments(memory, memory_layer, segments, a.k.data(), k_row, a.v.data(), v_row));
+    if (decompressed) attend_decompressed(L.attn, n, a, pool);                         // s.heads: [n, n_head * v_head]
+    else attend_absorbed(L.attn, memory_layer, segments, n, memory, a, pool);          // s.heads: [n, n_head * v_head]
+    kernels::matmul(L.attn.wo, s_.heads.data(), a.proj.data(), n, pool);  // [n, n_embd]
     add_in_place(x, a.proj.data(), static_cast<size_t>(n) * c.n_embd);
+    // Feed-forward.
     rms_norm_rows(x, L.ffn_norm, a.xb.data(), n, c.n_embd, c.norm_eps, pool);
-    if (!L.moe) swiglu_ffn(L.dense, a.xb.data(), a.proj.data(), n, c, a, pool);
-    else moe_ffn(L.experts, a.xb.data(), a.proj.data(), n, pool);
+    if (!L.moe) swiglu_ffn(L.dense, a.xb.data(), a.proj.data(), n, c, a, pool);  // proj: [n, n_embd]
+    else moe_ffn(L.experts, a.xb.data(), a.proj.data(), n, pool);             // proj: [n, n_embd]
     add_in_place(x, a.proj.data(), static_cast<size_t>(n) * c.n_embd);
-    return memory.last_error();
+    return Status::ok();
   }
 
   void load_attention_weights(WeightLoader& w, int l, MlaWeights& A) {
