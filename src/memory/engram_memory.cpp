@@ -513,14 +513,45 @@ const std::vector<int>& EngramMemory::last_selection(int layer, int kv_head) con
 // where there are any (a needle's few keys are not drowned by the other
 // keys of a 128-key block's bounds). A prefill chunk: its mean query per
 // head, against whole-block bounds (one cheap pass per chunk).
-void EngramMemory::select_blocks(const Cell& c, int layer, int64_t pos0, int64_t n_q, int n_head, const float* q) {
+// Block b's score for KV head g: the best over the n_vec query vectors of the
+// exact max q.k (index), the sub-block bounds, or the block's bound (or mean
+// key). block_keys: scratch [block_size, k_dim] for the exact index.
+float EngramMemory::score_block(const Cell& c, int64_t b, int g, const float* qset, size_t n_vec, bool exact, int n_sub,
+                                float* block_keys) const {
+  const int H = layout_.n_kv_head, kd = layout_.k_dim;
+  const float* kmin = c.summary.data() + (static_cast<size_t>(b) * H + g) * summary_floats();
+  const float* kmax = kmin + kd;
+  const float* kmean = kmax + kd;
+  float best = kNegInf;
+  if (exact) {
+    const uint16_t* h16 = c.index.data() + (static_cast<size_t>(b) * H + g) * index_halves();
+    for (size_t i = 0; i < index_halves(); ++i) block_keys[i] = half_to_float_fast(h16[i]);
+  }
+  for (size_t j = 0; j < n_vec; ++j) {
+    const float* qv = qset + j * kd;
+    if (exact) {
+      for (int r = 0; r < options_.block_size; ++r)
+        best = std::max(best, kernels::dot(qv, block_keys + static_cast<size_t>(r) * kd, static_cast<size_t>(kd)));
+    } else if (n_sub > 0) {
+      for (int u = 0; u < n_sub; ++u) {
+        const float* sub = kmean + kd + static_cast<size_t>(2 * u) * kd;
+        best = std::max(best, block_score_bound(qv, sub, sub + kd, kd));
+      }
+    } else {
+      best = std::max(best, scoring_ == Scoring::BOUND ? block_score_bound(qv, kmin, kmax, kd)
+                                                       : kernels::dot(qv, kmean, static_cast<size_t>(kd)));
+    }
+  }
+  return best;
+}
+
+void EngramMemory::select_blocks(const Cell& c, int layer, int64_t pos0, int64_t n_q, int n_head, const float* q,
+                                 ThreadPool& pool) {
   const int H = layout_.n_kv_head, kd = layout_.k_dim, group = n_head / H;
   const int64_t nb = static_cast<int64_t>(c.units.size()) / std::max(H, 1);
   const bool each_query = n_q == 1 || options_.score_every_query;
   const int n_sub = each_query && scoring_ == Scoring::BOUND ? n_sub_blocks() : 0;
   const bool exact = each_query && scoring_ == Scoring::BOUND && exact_index();
-  std::vector<float> block_keys(exact ? index_halves() : 0);  // [B, k_dim] one block's keys, decoded
-  const size_t stride = summary_floats();
   // Queries moved to position 0, as the summaries' keys were (make_block).
   std::vector<float> q_moved;
   if (options_.rotate_keys && nb > options_.top_k) {
@@ -553,33 +584,12 @@ void EngramMemory::select_blocks(const Cell& c, int layer, int64_t pos0, int64_t
                         qset.data() + static_cast<size_t>(h) * kd, static_cast<size_t>(kd));
     }
     const size_t n_vec = qset.size() / static_cast<size_t>(kd);
-    for (int64_t b = 0; b < nb; ++b) {
-      const float* kmin = c.summary.data() + (static_cast<size_t>(b) * H + g) * stride;
-      const float* kmax = kmin + kd;
-      const float* kmean = kmax + kd;
-      float best = kNegInf;
-      if (exact) {
-        const uint16_t* h16 = c.index.data() + (static_cast<size_t>(b) * H + g) * index_halves();
-        for (size_t i = 0; i < block_keys.size(); ++i) block_keys[i] = half_to_float_fast(h16[i]);
-      }
-      for (size_t j = 0; j < n_vec; ++j) {
-        const float* qv = qset.data() + j * kd;
-        if (exact) {
-          for (int r = 0; r < options_.block_size; ++r)
-            best = std::max(best, kernels::dot(qv, block_keys.data() + static_cast<size_t>(r) * kd,
-                                               static_cast<size_t>(kd)));
-        } else if (n_sub > 0) {
-          for (int u = 0; u < n_sub; ++u) {
-            const float* sub = kmean + kd + static_cast<size_t>(2 * u) * kd;
-            best = std::max(best, block_score_bound(qv, sub, sub + kd, kd));
-          }
-        } else {
-          best = std::max(best, scoring_ == Scoring::BOUND ? block_score_bound(qv, kmin, kmax, kd)
-                                                           : kernels::dot(qv, kmean, static_cast<size_t>(kd)));
-        }
-      }
-      scores[static_cast<size_t>(b)] = best;
-    }
+    // Blocks are scored in parallel (the exact index reads every block's keys).
+    pool.parallel_for(static_cast<size_t>(nb), [&](size_t b0, size_t b1, int) {
+      std::vector<float> block_keys(exact ? index_halves() : 0);  // [B, k_dim] one block's keys, decoded
+      for (size_t b = b0; b < b1; ++b)
+        scores[b] = score_block(c, static_cast<int64_t>(b), g, qset.data(), n_vec, exact, n_sub, block_keys.data());
+    }, 16);
     sel = top_k_indices(scores, options_.top_k);
   }
 }
@@ -599,7 +609,7 @@ void EngramMemory::attend(int layer, int seq, int64_t pos0, int n, int n_head, c
   // 1. Retrieval, and the selected units made resident (the only I/O).
   sel_units_.resize(static_cast<size_t>(H));
   if (mode_ == Mode::ENGRAM) {
-    select_blocks(c, layer, pos0, n, n_head, q);
+    select_blocks(c, layer, pos0, n, n_head, q, pool);
     update_capacity();
     for (int g = 0; g < H; ++g) {
       const std::vector<int>& sel = selection_[static_cast<size_t>(layer) * H + g];
@@ -847,7 +857,7 @@ Status EngramMemory::load(const std::string& path) {
   std::vector<Cell> cells(cells_.size());
   for (Cell& c : cells) c.tail_start = c.sinks = options_.sinks;
   auto parse = [&]() -> Status {
-    const int H = layout_.n_kv_head, kd = layout_.k_dim, B = options_.block_size;
+    const int H = layout_.n_kv_head, B = options_.block_size;
     std::vector<uint8_t> unit(codec_.unit_bytes());
     for (size_t ci = 0; ci < cells.size(); ++ci) {
       Cell& c = cells[ci];

@@ -138,7 +138,10 @@ class EngramMemory final : public Memory {
   Status make_block(Cell& c, int64_t row0);
   void release_cell(Cell& c);
   void update_capacity();
-  void select_blocks(const Cell& c, int layer, int64_t pos0, int64_t n_q, int n_head, const float* q);
+  void select_blocks(const Cell& c, int layer, int64_t pos0, int64_t n_q, int n_head, const float* q,
+                     ThreadPool& pool);
+  float score_block(const Cell& c, int64_t b, int g, const float* qset, size_t n_vec, bool exact, int n_sub,
+                    float* block_keys) const;
   int n_sub_blocks() const;       // sub-block bounds per block summary
   bool exact_index() const;       // summary_rows == 1: blocks' keys kept in fp16 for exact scoring
   size_t index_halves() const;    // fp16 index values per block of one KV head
