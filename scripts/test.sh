@@ -4,7 +4,9 @@
 #   2. `engram serve` driven by the official openai npm client (tests/js:
 #      chat, batch API, 64-client load test, kill -9 crash test);
 #   3. ASan+UBSan build of the unit tests, run under the sanitizers;
-#   4. the GGUF reader fuzzer for a bounded time (ENGRAM_FUZZ_SECONDS, default 60).
+#   4. the GGUF reader fuzzer for a bounded time (ENGRAM_FUZZ_SECONDS, default 60);
+#   5. aarch64 cross build of the kernel/quant/model tests, run under qemu-user
+#      on an emulated NEON core (scripts/test-aarch64.sh).
 # Tests that need ../shared/ref skip with a printed reason when it is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,4 +39,13 @@ if [ -x scripts/fuzz.sh ]; then
 else
   echo "fuzz: scripts/fuzz.sh missing" >&2
   exit 1
+fi
+
+step "aarch64 cross build + qemu tests"
+aarch64_status=0
+bash scripts/test-aarch64.sh || aarch64_status=$?
+if [ "$aarch64_status" -eq 77 ]; then
+  echo "aarch64: SKIPPED, the cross toolchain could not be installed (see scripts/setup.sh)"
+elif [ "$aarch64_status" -ne 0 ]; then
+  exit "$aarch64_status"
 fi

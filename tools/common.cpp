@@ -99,6 +99,11 @@ void add_memory_options(CLI::App* app, MemoryFlags& f, const std::string& kind_h
                   "Keys per min/max bound when one query scores blocks (decode); 1 = exact max q.k (engram)")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
+  app->add_option("--index-candidates", f.options.index_candidates,
+                  "Blocks a single query scores exactly after ranking all by their min/max bound; 0 = every block "
+                  "(engram)")
+      ->check(CLI::Range(0, 1 << 30))
+      ->capture_default_str();
   app->add_option("--memory-budget", f.budget,
                   "RAM cap of the attention memory, e.g. 2GiB; older blocks spill to a file (engram; default: no cap)");
   app->add_option("--kv-compression", f.compression, "Storage of retrievable blocks: f32, fp16 or int8 (engram)")

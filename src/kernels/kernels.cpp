@@ -11,12 +11,14 @@
 // past the end of its arrays and the tail rounds like the body.
 
 #include "kernels/kernels.h"
+#include "kernels/gemm.h"
 
 #include <algorithm>
 #include <cassert>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "quant/blocks.h"
@@ -331,6 +333,15 @@ HWY_INLINE float SuperBlockDot(const BlockQ4_K& w, const BlockQ8_K& x) {
          dmin * static_cast<float>(min_sum);
 }
 
+// acc + scale * dot(q, xq) lane-wise, for one quarter of a Q6_K half block.
+HWY_INLINE hn::Vec<DI32> AccumulateQ6Quarter(hn::Vec<DI16> q, const int8_t* xq, int8_t scale, hn::Vec<DI32> acc) {
+  const DI16 d16;
+  const DI32 d32;
+  auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
+  sum0 = hn::ReorderWidenMulAccumulate(d32, q, LoadI8AsI16(d16, xq), sum0, sum1);
+  return hn::Add(acc, hn::Mul(hn::Add(sum0, sum1), hn::Set(d32, scale)));
+}
+
 // Q6_K: value = d * scales[g] * (q - 32) for group g of 16, q 6 bits split
 // into ql nibbles and qh bit pairs (see blocks.h).
 HWY_INLINE float SuperBlockDot(const BlockQ6_K& w, const BlockQ8_K& x) {
@@ -352,17 +363,20 @@ HWY_INLINE float SuperBlockDot(const BlockQ6_K& w, const BlockQ8_K& x) {
       const auto lo = hn::PromoteTo(du16, hn::LoadU(d8, ql + l));
       const auto lo32 = hn::PromoteTo(du16, hn::LoadU(d8, ql + 32 + l));
       const auto hi = hn::PromoteTo(du16, hn::LoadU(d8, qh + l));
-      const hn::Vec<DI16> q[4] = {
-          hn::Sub(hn::BitCast(d16, hn::Or(hn::And(lo, low4), hn::ShiftLeft<4>(hn::And(hi, low2)))), bias),
-          hn::Sub(hn::BitCast(d16, hn::Or(hn::And(lo32, low4), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<2>(hi), low2)))), bias),
-          hn::Sub(hn::BitCast(d16, hn::Or(hn::ShiftRight<4>(lo), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<4>(hi), low2)))), bias),
-          hn::Sub(hn::BitCast(d16, hn::Or(hn::ShiftRight<4>(lo32), hn::ShiftLeft<4>(hn::ShiftRight<6>(hi)))), bias)};
+      // Four named vectors, not an array: SVE vectors are sizeless types and
+      // cannot be array elements (the aarch64 build would not compile).
+      const auto q0 = hn::Sub(hn::BitCast(d16, hn::Or(hn::And(lo, low4), hn::ShiftLeft<4>(hn::And(hi, low2)))), bias);
+      const auto q1 = hn::Sub(
+          hn::BitCast(d16, hn::Or(hn::And(lo32, low4), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<2>(hi), low2)))), bias);
+      const auto q2 = hn::Sub(
+          hn::BitCast(d16, hn::Or(hn::ShiftRight<4>(lo), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<4>(hi), low2)))), bias);
+      const auto q3 =
+          hn::Sub(hn::BitCast(d16, hn::Or(hn::ShiftRight<4>(lo32), hn::ShiftLeft<4>(hn::ShiftRight<6>(hi)))), bias);
       const int group = static_cast<int>(l / 16);  // N <= 16 divides 16: one scale per vector
-      for (int k = 0; k < 4; ++k) {
-        auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
-        sum0 = hn::ReorderWidenMulAccumulate(d32, q[k], LoadI8AsI16(d16, xq + 32 * k + l), sum0, sum1);
-        acc = hn::Add(acc, hn::Mul(hn::Add(sum0, sum1), hn::Set(d32, sc[group + 2 * k])));
-      }
+      acc = AccumulateQ6Quarter(q0, xq + l, sc[group], acc);
+      acc = AccumulateQ6Quarter(q1, xq + 32 + l, sc[group + 2], acc);
+      acc = AccumulateQ6Quarter(q2, xq + 64 + l, sc[group + 4], acc);
+      acc = AccumulateQ6Quarter(q3, xq + 96 + l, sc[group + 6], acc);
     }
   }
   const float d = HalfToF32(w.d) * x.d;
@@ -376,18 +390,282 @@ HWY_INLINE float DotQ8KT(const Block* HWY_RESTRICT w, const BlockQ8_K* HWY_RESTR
   return sum;
 }
 
+// ---- x86 (AVX2 / AVX-512): byte multiplies ----
+//
+// AVX2's vpmaddubsw multiplies 32 unsigned x signed byte pairs and adds
+// neighbours into int16, twice the work per instruction of the int16 path
+// above. Signed weights use the sign trick: w * x == |w| * (x * sign(w)),
+// with |w| read as unsigned. The int16 pair sums cannot saturate because
+// activations are in [-127, 127] (quantize_activations never yields -128):
+// |w| <= 128 gives at most 2 * 128 * 127 = 32512, unsigned nibbles
+// (<= 15) or 6-bit quants (<= 63) far less. Every sum below is therefore the
+// exact integer block sum, as on the generic path. 256-bit vectors: one Q8_0
+// block or one sub-block of 32 per register.
+#undef ENGRAM_X86_BYTE_DOT
+#if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL || \
+    (defined(HWY_AVX3_ZEN4) && HWY_TARGET == HWY_AVX3_ZEN4) || (defined(HWY_AVX3_SPR) && HWY_TARGET == HWY_AVX3_SPR)
+#define ENGRAM_X86_BYTE_DOT 1
+
+// int32 lanes, each the sum of 4 neighbouring products w[i] * x[i] (signed
+// bytes; x != -128).
+HWY_INLINE __m256i SignedByteDot(__m256i w, __m256i x) {
+  const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+HWY_INLINE __m256i LoadBytes(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+// Integer block sums w . x in int32 lanes, per weight block type. Setup(x)
+// is computed once per activation block and shared by all weight rows.
+template <class Block>
+struct BlockDotX86;
+
+template <>
+struct BlockDotX86<BlockQ8_0> {
+  static HWY_INLINE __m256i Setup(__m256i) { return _mm256_setzero_si256(); }
+  static HWY_INLINE __m256i Sum(const BlockQ8_0& w, __m256i x, __m256i) { return SignedByteDot(LoadBytes(w.qs), x); }
+};
+
+// Q4_0: the unsigned nibbles q in [0, 15] multiply x directly and the -8
+// offset is subtracted once per activation block: (q - 8) . x = q . x - 8 sum(x).
+// Low nibbles are elements 0..15, high nibbles 16..31.
+template <>
+struct BlockDotX86<BlockQ4_0> {
+  static HWY_INLINE __m256i Setup(__m256i x) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(8), x), _mm256_set1_epi16(1));
+  }
+  static HWY_INLINE __m256i Sum(const BlockQ4_0& w, __m256i x, __m256i eight_x) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs));
+    const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0xF));
+    const __m256i qx = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1));
+    return _mm256_sub_epi32(qx, eight_x);
+  }
+};
+
+HWY_INLINE float HalfToF32X86(uint16_t h) { return _cvtsh_ss(h); }
+
+HWY_INLINE float SumLanes(__m256 v) {
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+// y[r] = row r . x for kRows rows of nb Q8_0 / Q4_0 blocks, row_size bytes
+// apart, each activation block loaded once for all rows (matvec uses kRows = 1:
+// see MatVecQ8T).
+template <size_t kRows, class Block>
+HWY_INLINE void DotRowsQ8X86(const uint8_t* HWY_RESTRICT w, size_t row_size, const BlockQ8_0* HWY_RESTRICT x,
+                             size_t nb, float* HWY_RESTRICT y) {
+  __m256 acc[kRows];
+  for (size_t r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
+  for (size_t b = 0; b < nb; ++b) {
+    const __m256i xq = LoadBytes(x[b].qs);
+    const __m256i setup = BlockDotX86<Block>::Setup(xq);
+    const float xd = HalfToF32X86(x[b].d);
+    for (size_t r = 0; r < kRows; ++r) {
+      const Block& wb = reinterpret_cast<const Block*>(w + r * row_size)[b];
+      const __m256 sum = _mm256_cvtepi32_ps(BlockDotX86<Block>::Sum(wb, xq, setup));
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(HalfToF32X86(wb.d) * xd), sum, acc[r]);
+    }
+  }
+  for (size_t r = 0; r < kRows; ++r) y[r] = SumLanes(acc[r]);
+}
+
+// Bytes (2j, 2j+1) of every 128-bit lane, repeated: with _mm256_shuffle_epi8,
+// broadcasts int16 element j of each lane (j < 8) over that lane.
+HWY_INLINE __m256i BroadcastI16Mask(int lo_j, int hi_j) {
+  const auto mask = [](int j) { return _mm_set1_epi16(static_cast<int16_t>((2 * j + 1) << 8 | 2 * j)); };
+  return _mm256_set_m128i(mask(hi_j), mask(lo_j));
+}
+
+// Q4_K: acc += d * sum_j sc[j] (q . xq)_j - dmin * sum_j m[j] sum(xq)_j, the
+// integer sums exact in int32 lanes (as the generic SuperBlockDot).
+HWY_INLINE __m256 SuperBlockDotX86(const BlockQ4_K& w, const BlockQ8_K& x, __m256 acc) {
+  // The eight 6-bit scales and mins (see k_scale_min), four per 32-bit word.
+  uint32_t packed[3];
+  std::memcpy(packed, w.scales, sizeof packed);
+  const uint32_t sc_lo = packed[0] & 0x3F3F3F3F;
+  const uint32_t m_lo = packed[1] & 0x3F3F3F3F;
+  const uint32_t sc_hi = (packed[2] & 0x0F0F0F0F) | ((packed[0] & 0xC0C0C0C0) >> 2);
+  const uint32_t m_hi = ((packed[2] >> 4) & 0x0F0F0F0F) | ((packed[1] & 0xC0C0C0C0) >> 2);
+  const __m128i sc16 = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, static_cast<int>(sc_hi), static_cast<int>(sc_lo)));
+  const __m128i m16 = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, static_cast<int>(m_hi), static_cast<int>(m_lo)));
+  // m[j] * (bsums[2j] + bsums[2j + 1]) in lane j.
+  const __m256i m_pairs = _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
+  const __m256i mins = _mm256_madd_epi16(LoadBytes(x.bsums), m_pairs);
+  const __m256i scales = _mm256_broadcastsi128_si256(sc16);
+  const __m256i low4 = _mm256_set1_epi8(0xF);
+  __m256i sums = _mm256_setzero_si256();
+  for (int c = 0; c < 4; ++c) {  // chunks of 64: sub-blocks 2c (low nibbles) and 2c + 1 (high)
+    const __m256i q = LoadBytes(w.qs + 32 * c);
+    const __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(q, low4), LoadBytes(x.qs + 64 * c));
+    const __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), low4), LoadBytes(x.qs + 64 * c + 32));
+    sums = _mm256_add_epi32(sums, _mm256_madd_epi16(p0, _mm256_shuffle_epi8(scales, BroadcastI16Mask(2 * c, 2 * c))));
+    sums = _mm256_add_epi32(sums, _mm256_madd_epi16(p1, _mm256_shuffle_epi8(scales, BroadcastI16Mask(2 * c + 1, 2 * c + 1))));
+  }
+  acc = _mm256_fmadd_ps(_mm256_set1_ps(HalfToF32X86(w.d) * x.d), _mm256_cvtepi32_ps(sums), acc);
+  return _mm256_fnmadd_ps(_mm256_set1_ps(HalfToF32X86(w.dmin) * x.d), _mm256_cvtepi32_ps(mins), acc);
+}
+
+// Q6_K: acc += d * sum_g sc[g] ((q . xq)_g - 32 sum(xq)_g) with q in [0, 63]
+// unsigned; the -32 bias comes from the activation group sums (bsums).
+HWY_INLINE __m256 SuperBlockDotX86(const BlockQ6_K& w, const BlockQ8_K& x, __m256 acc) {
+  const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales));
+  const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+  const __m256i bias = _mm256_madd_epi16(LoadBytes(x.bsums), sc16);  // sc[g] * bsums[g], pairs of groups
+  const __m256i low4 = _mm256_set1_epi8(0xF), bits45 = _mm256_set1_epi8(0x30);
+  __m256i sums = _mm256_setzero_si256();
+  for (int h = 0; h < 2; ++h) {
+    // Groups 8h .. 8h + 7 as int16, in both 128-bit lanes.
+    const __m256i scales = _mm256_broadcastsi128_si256(h ? _mm256_extracti128_si256(sc16, 1) : _mm256_castsi256_si128(sc16));
+    const __m256i l0 = LoadBytes(w.ql + 64 * h), l1 = LoadBytes(w.ql + 64 * h + 32);
+    const __m256i hb = LoadBytes(w.qh + 32 * h);
+    const __m256i q[4] = {
+        _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), bits45)),
+        _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hb, bits45)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45))};
+    for (int k = 0; k < 4; ++k) {  // values 128h + 32k + l: groups 8h + 2k (l < 16) and 8h + 2k + 1
+      const __m256i p = _mm256_maddubs_epi16(q[k], LoadBytes(x.qs + 128 * h + 32 * k));
+      sums = _mm256_add_epi32(sums, _mm256_madd_epi16(p, _mm256_shuffle_epi8(scales, BroadcastI16Mask(2 * k, 2 * k + 1))));
+    }
+  }
+  sums = _mm256_sub_epi32(sums, _mm256_slli_epi32(bias, 5));
+  return _mm256_fmadd_ps(_mm256_set1_ps(HalfToF32X86(w.d) * x.d), _mm256_cvtepi32_ps(sums), acc);
+}
+
+template <class Block>
+HWY_INLINE float DotQ8KX86(const Block* HWY_RESTRICT w, const BlockQ8_K* HWY_RESTRICT x, size_t nb) {
+  __m256 acc = _mm256_setzero_ps();
+  for (size_t b = 0; b < nb; ++b) acc = SuperBlockDotX86(w[b], x[b], acc);
+  return SumLanes(acc);
+}
+
+#else
+#define ENGRAM_X86_BYTE_DOT 0
+#endif  // x86 byte multiplies
+
+// One row of weights of Block type with quantized activations x (nb blocks).
+template <class Block, class XBlock>
+HWY_INLINE float DotRowQ8(const Block* HWY_RESTRICT w, const XBlock* HWY_RESTRICT x, size_t nb) {
+#if ENGRAM_X86_BYTE_DOT
+  if constexpr (std::is_same_v<XBlock, BlockQ8_0>) {
+    float y;
+    DotRowsQ8X86<1, Block>(reinterpret_cast<const uint8_t*>(w), 0, x, nb, &y);
+    return y;
+  } else {
+    return DotQ8KX86(w, x, nb);
+  }
+#else
+  if constexpr (std::is_same_v<XBlock, BlockQ8_0>) {
+    return DotQ8T(w, x, nb);
+  } else {
+    return DotQ8KT(w, x, nb);
+  }
+#endif
+}
+
+// y[o - begin] for rows o in [begin, end) of a weight matrix (row_size bytes
+// per row, nb blocks) with one token's quantized activations.
+template <class Block, class XBlock>
+HWY_INLINE void MatVecQ8T(const uint8_t* HWY_RESTRICT w, size_t row_size, const XBlock* HWY_RESTRICT x, size_t nb,
+                          float* HWY_RESTRICT y, size_t begin, size_t end) {
+  // One row at a time: interleaving 2 or 4 rows (sharing the activation
+  // loads) measured 3-4x slower here (AMD EPYC, tg of a 125M Q8_0 model).
+  for (size_t o = begin; o < end; ++o) y[o - begin] = DotRowQ8(reinterpret_cast<const Block*>(w + o * row_size), x, nb);
+}
+
 float DotQ4_KQ8Impl(const void* w, const void* x, size_t nb) {
-  return DotQ8KT(static_cast<const BlockQ4_K*>(w), static_cast<const BlockQ8_K*>(x), nb);
+  return DotRowQ8(static_cast<const BlockQ4_K*>(w), static_cast<const BlockQ8_K*>(x), nb);
 }
 float DotQ6_KQ8Impl(const void* w, const void* x, size_t nb) {
-  return DotQ8KT(static_cast<const BlockQ6_K*>(w), static_cast<const BlockQ8_K*>(x), nb);
+  return DotRowQ8(static_cast<const BlockQ6_K*>(w), static_cast<const BlockQ8_K*>(x), nb);
 }
 
 float DotQ8_0Q8Impl(const void* w, const void* x, size_t nb) {
-  return DotQ8T(static_cast<const BlockQ8_0*>(w), static_cast<const BlockQ8_0*>(x), nb);
+  return DotRowQ8(static_cast<const BlockQ8_0*>(w), static_cast<const BlockQ8_0*>(x), nb);
 }
 float DotQ4_0Q8Impl(const void* w, const void* x, size_t nb) {
-  return DotQ8T(static_cast<const BlockQ4_0*>(w), static_cast<const BlockQ8_0*>(x), nb);
+  return DotRowQ8(static_cast<const BlockQ4_0*>(w), static_cast<const BlockQ8_0*>(x), nb);
+}
+
+// ---- Activation quantization (Q8_0, Q8_K), bit-exact with the scalar code ----
+
+// Q8_0 as the quant layer's quantize_row: d = amax / 127 and q = x / d
+// rounded half away from zero (std::round), which Highway lacks: truncate,
+// then step away from zero where the dropped fraction (exact) is >= 1/2.
+void QuantizeQ8_0Impl(const float* HWY_RESTRICT x, void* HWY_RESTRICT dst, size_t nb) {
+  const hn::CappedTag<float, kQK> d;  // Lanes(d) divides 32: whole vectors per block
+  const hn::Rebind<int32_t, decltype(d)> di;
+  const hn::Rebind<int8_t, decltype(d)> d8;
+  const size_t N = hn::Lanes(d);
+  for (size_t b = 0; b < nb; ++b, x += kQK) {
+    auto amax = hn::Zero(d);
+    for (size_t j = 0; j < static_cast<size_t>(kQK); j += N) amax = hn::Max(amax, hn::Abs(hn::LoadU(d, x + j)));
+    const float scale = hn::GetLane(hn::MaxOfLanes(d, amax)) / 127;
+    const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+    BlockQ8_0 block;
+    block.d = fp32_to_fp16(scale);
+    for (size_t j = 0; j < static_cast<size_t>(kQK); j += N) {
+      const auto v = hn::Mul(hn::LoadU(d, x + j), hn::Set(d, inv));
+      const auto t = hn::Trunc(v);
+      const auto away = hn::IfThenElseZero(hn::Ge(hn::Abs(hn::Sub(v, t)), hn::Set(d, 0.5f)), hn::CopySign(hn::Set(d, 1.0f), v));
+      hn::StoreU(hn::DemoteTo(d8, hn::ConvertTo(di, hn::Add(t, away))), d8, block.qs + j);
+    }
+    std::memcpy(static_cast<BlockQ8_0*>(dst) + b, &block, sizeof block);
+  }
+}
+
+// Q8_K as ggml's quantize_row_q8_K_ref: scale -127 / (the first value of
+// largest magnitude, signed), round to nearest even, clamp at 127, and the
+// sum of each 16 quants.
+void QuantizeQ8_KImpl(const float* HWY_RESTRICT x, void* HWY_RESTRICT dst, size_t nb) {
+  const hn::CappedTag<float, 16> d;  // Lanes(d) divides 16: whole vectors per group
+  const hn::Rebind<int32_t, decltype(d)> di;
+  const hn::Rebind<int8_t, decltype(d)> d8;
+  const size_t N = hn::Lanes(d);
+  for (size_t b = 0; b < nb; ++b, x += kQK_K) {
+    BlockQ8_K block{};
+    auto amax_v = hn::Zero(d);
+    for (size_t j = 0; j < static_cast<size_t>(kQK_K); j += N) amax_v = hn::Max(amax_v, hn::Abs(hn::LoadU(d, x + j)));
+    const float amax = hn::GetLane(hn::MaxOfLanes(d, amax_v));
+    if (amax != 0.0f) {
+      size_t first = 0;
+      while (first + 1 < static_cast<size_t>(kQK_K) && std::fabs(x[first]) != amax) ++first;
+      const float iscale = -127.0f / x[first];
+      for (size_t g = 0; g < static_cast<size_t>(kQK_K) / 16; ++g) {
+        auto sum = hn::Zero(di);
+        for (size_t j = 16 * g; j < 16 * g + 16; j += N) {
+          const auto q = hn::Min(hn::ConvertTo(di, hn::Round(hn::Mul(hn::Set(d, iscale), hn::LoadU(d, x + j)))),
+                                 hn::Set(di, 127));
+          sum = hn::Add(sum, q);
+          hn::StoreU(hn::DemoteTo(d8, q), d8, block.qs + j);
+        }
+        block.bsums[g] = static_cast<int16_t>(hn::GetLane(hn::SumOfLanes(di, sum)));
+      }
+      block.d = 1.0f / iscale;
+    }
+    std::memcpy(static_cast<BlockQ8_K*>(dst) + b, &block, sizeof block);
+  }
+}
+
+// Rows [begin, end) of a weight matrix of `type` (one of the four above;
+// row_size bytes per row of n elements) times one token's activations xq,
+// quantized by quantize_activations: y[o - begin].
+void MatVecQ8Impl(GgmlType type, const uint8_t* w, size_t row_size, const void* xq, size_t n, float* y, size_t begin,
+                  size_t end) {
+  switch (type) {
+    case GgmlType::Q8_0:
+      return MatVecQ8T<BlockQ8_0>(w, row_size, static_cast<const BlockQ8_0*>(xq), n / kQK, y, begin, end);
+    case GgmlType::Q4_0:
+      return MatVecQ8T<BlockQ4_0>(w, row_size, static_cast<const BlockQ8_0*>(xq), n / kQK, y, begin, end);
+    case GgmlType::Q4_K:
+      return MatVecQ8T<BlockQ4_K>(w, row_size, static_cast<const BlockQ8_K*>(xq), n / kQK_K, y, begin, end);
+    case GgmlType::Q6_K:
+      return MatVecQ8T<BlockQ6_K>(w, row_size, static_cast<const BlockQ8_K*>(xq), n / kQK_K, y, begin, end);
+    default:
+      for (size_t o = begin; o < end; ++o) y[o - begin] = std::numeric_limits<float>::quiet_NaN();
+  }
 }
 
 int64_t TargetImpl() { return HWY_TARGET; }
@@ -417,6 +695,9 @@ HWY_EXPORT(DotQ8_0Q8Impl);
 HWY_EXPORT(DotQ4_0Q8Impl);
 HWY_EXPORT(DotQ4_KQ8Impl);
 HWY_EXPORT(DotQ6_KQ8Impl);
+HWY_EXPORT(MatVecQ8Impl);
+HWY_EXPORT(QuantizeQ8_0Impl);
+HWY_EXPORT(QuantizeQ8_KImpl);
 HWY_EXPORT(TargetImpl);
 
 float dot(const float* a, const float* b, size_t n) { return HWY_DYNAMIC_DISPATCH(DotImpl)(a, b, n); }
@@ -506,35 +787,12 @@ GgmlType activation_type(GgmlType type, int64_t n) {
 }
 
 void quantize_activations(GgmlType type, const float* x, void* dst, int64_t n) {
+  // Both as the scalar quantizers (quant layer's quantize_row for Q8_0,
+  // ggml's quantize_row_q8_K_ref for Q8_K), byte for byte.
   if (activation_type(type, n) == GgmlType::Q8_0) {
-    quantize_row(GgmlType::Q8_0, x, dst, n);
-    return;
-  }
-  // Q8_K as ggml's quantize_row_q8_K_ref: scale -127 / (the value of largest
-  // magnitude, signed), round to nearest even, and the sum of each 16 quants.
-  auto* out = static_cast<BlockQ8_K*>(dst);
-  for (int64_t b = 0; b < n / kQK_K; ++b, x += kQK_K) {
-    BlockQ8_K blk{};
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < kQK_K; ++j) {
-      if (std::fabs(x[j]) > amax) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
-    if (amax != 0.0f) {
-      const float iscale = -127.0f / max;
-      for (int j = 0; j < kQK_K; ++j) {
-        blk.qs[j] = static_cast<int8_t>(std::min(127, static_cast<int>(std::nearbyint(iscale * x[j]))));
-      }
-      for (int g = 0; g < kQK_K / 16; ++g) {
-        int sum = 0;
-        for (int j = 0; j < 16; ++j) sum += blk.qs[16 * g + j];
-        blk.bsums[g] = static_cast<int16_t>(sum);
-      }
-      blk.d = 1.0f / iscale;
-    }
-    std::memcpy(out + b, &blk, sizeof blk);
+    HWY_DYNAMIC_DISPATCH(QuantizeQ8_0Impl)(x, dst, static_cast<size_t>(n / kQK));
+  } else {
+    HWY_DYNAMIC_DISPATCH(QuantizeQ8_KImpl)(x, dst, static_cast<size_t>(n / kQK_K));
   }
 }
 
@@ -565,16 +823,30 @@ void matmul_q8(const TensorView& W, const float* x, float* y, int n_tokens, Thre
   const size_t nt = static_cast<size_t>(n_tokens);
   const size_t row_size = W.row_size();
   const size_t xq_row = *row_bytes(activation_type(W.type, n_in), n_in);
-  std::vector<uint8_t> xq(nt * xq_row);  // [n_tokens] rows of Q8_0 / Q8_K blocks
+  // [n_tokens] rows of Q8_0 / Q8_K blocks. Reused across calls: generation
+  // calls matmul hundreds of times per token, and this buffer only grows.
+  thread_local std::vector<uint8_t> xq;
+  if (xq.size() < nt * xq_row) xq.resize(nt * xq_row);
   for (size_t t = 0; t < nt; ++t) {
     quantize_activations(W.type, x + t * static_cast<size_t>(n_in), xq.data() + t * xq_row, n_in);
   }
   const auto* base = static_cast<const uint8_t*>(W.data);
+  // The workers must not name xq: it is thread_local, theirs is empty.
+  const uint8_t* xq_data = xq.data();
   constexpr size_t kGrain = 16;
+  if (nt == 1) {
+    // Generation: each thread's rows in one dispatched call, several rows
+    // per pass sharing the activation loads (MatVecQ8Impl).
+    const auto mat_vec = HWY_DYNAMIC_DISPATCH(MatVecQ8Impl);
+    pool.parallel_for(no, [&](size_t begin, size_t end, int) {
+      mat_vec(W.type, base, row_size, xq_data, static_cast<size_t>(n_in), y + begin, begin, end);
+    }, kGrain);
+    return;
+  }
   pool.parallel_for(no, [&](size_t begin, size_t end, int) {
     for (size_t o = begin; o < end; ++o) {
       const uint8_t* row = base + o * row_size;
-      for (size_t t = 0; t < nt; ++t) y[t * no + o] = dot_row_q8(W.type, row, xq.data() + t * xq_row, n_in);
+      for (size_t t = 0; t < nt; ++t) y[t * no + o] = dot_row_q8(W.type, row, xq_data + t * xq_row, n_in);
     }
   }, kGrain);
 }
@@ -582,6 +854,11 @@ void matmul_q8(const TensorView& W, const float* x, float* y, int n_tokens, Thre
 }  // namespace
 
 void matmul(const TensorView& W, const float* x, float* y, int n_tokens, ThreadPool& pool) {
+  // Many tokens (prefill): register-tiled, cache-blocked kernels (gemm.cpp).
+  if (n_tokens >= kGemmMinTokens && gemm_supports(W.type, W.ne[0])) {
+    gemm(W, x, y, n_tokens, pool);
+    return;
+  }
   if (activation_type(W.type, W.ne[0]) != GgmlType::F32) {
     matmul_q8(W, x, y, n_tokens, pool);
     return;

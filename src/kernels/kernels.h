@@ -31,6 +31,21 @@ void softmax(float* x, size_t n);
 void silu_mul(const float* gate, const float* up, float* out, size_t n);
 float max_value(const float* x, size_t n);
 
+// Largest scaled dot product of q[0..k_dim) with n_rows keys stored
+// column-major as int8 (Engram memory's key index):
+//   max_r row_scale[r] * sum_d q[d] * cols[d * n_rows + r].
+// -infinity when n_rows is 0.
+float max_dot_i8_cols(const int8_t* cols, const float* row_scale, size_t n_rows, size_t k_dim, const float* q);
+
+// Attention over many keys at once (engram memory's online softmax):
+// out[r] = scale * sum_d q[d] * kT[d * col_stride + r] for r < n_rows (keys
+// stored column-major, col_stride >= n_rows).
+void dot_cols(const float* kT, size_t col_stride, size_t n_rows, size_t dim, const float* q, float scale, float* out);
+// x[i] = exp(x[i] - shift) (0 for -infinity); returns the sum.
+float exp_shift_sum(float* x, size_t n, float shift);
+// acc[d] += sum_r w[r] * v[r * v_stride + d] for d < dim, r < n_rows.
+void add_weighted_rows(const float* w, const float* v, size_t v_stride, size_t n_rows, size_t dim, float* acc);
+
 // Dot product of one stored row of `type` (n elements) with a float vector.
 float dot_row(GgmlType type, const void* row, const float* x, int64_t n);
 

@@ -7,6 +7,7 @@
 // engram::dequantize_row (tested against ggml in tests/quant).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -54,6 +55,44 @@ inline float dot_bf16(const uint16_t* a, const float* b, size_t n) {
   double sum = 0;
   for (size_t i = 0; i < n; ++i) sum += static_cast<double>(bf16_to_float(a[i])) * b[i];
   return static_cast<float>(sum);
+}
+
+inline float max_dot_i8_cols(const int8_t* cols, const float* row_scale, size_t n_rows, size_t k_dim,
+                             const float* q) {
+  float best = -std::numeric_limits<float>::infinity();
+  for (size_t r = 0; r < n_rows; ++r) {
+    double sum = 0;
+    for (size_t d = 0; d < k_dim; ++d) sum += static_cast<double>(q[d]) * cols[d * n_rows + r];
+    best = std::max(best, static_cast<float>(sum * row_scale[r]));
+  }
+  return best;
+}
+
+inline void dot_cols(const float* kT, size_t col_stride, size_t n_rows, size_t dim, const float* q, float scale,
+                     float* out) {
+  for (size_t r = 0; r < n_rows; ++r) {
+    double sum = 0;
+    for (size_t d = 0; d < dim; ++d) sum += static_cast<double>(q[d]) * kT[d * col_stride + r];
+    out[r] = static_cast<float>(sum * scale);
+  }
+}
+
+inline float exp_shift_sum(float* x, size_t n, float shift) {
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    x[i] = static_cast<float>(std::exp(static_cast<double>(x[i]) - shift));
+    sum += x[i];
+  }
+  return static_cast<float>(sum);
+}
+
+inline void add_weighted_rows(const float* w, const float* v, size_t v_stride, size_t n_rows, size_t dim,
+                              float* acc) {
+  for (size_t d = 0; d < dim; ++d) {
+    double sum = acc[d];
+    for (size_t r = 0; r < n_rows; ++r) sum += static_cast<double>(w[r]) * v[r * v_stride + d];
+    acc[d] = static_cast<float>(sum);
+  }
 }
 
 inline void axpy(float alpha, const float* x, float* y, size_t n) {

@@ -1,6 +1,8 @@
 // Engram memory (and, in window mode, the StreamingLLM baseline). The design
 // is described in engram_memory.h.
 #include "memory/engram_memory.h"
+
+#include "memory/key_index.h"
 #include "quant/quant.h"
 
 #include <algorithm>
@@ -66,10 +68,11 @@ struct EngramMemory::Cell {
   // when summary_rows >= block_size). Keys moved to position 0 first when
   // remapping (make_block).
   std::vector<float> summary;
-  // engram, summary_rows == 1: [n_blocks, n_kv_head, block_size, k_dim] the
-  // blocks' keys in fp16 (moved to position 0 when remapping), for exact
-  // scoring of single queries. Always in RAM, like the summaries.
-  std::vector<uint16_t> index;
+  // engram, summary_rows == 1: one entry per (block, KV head) [n_blocks,
+  // n_kv_head], the block's keys in int8 (moved to position 0 when
+  // remapping), for exact scoring of single queries. Always in RAM, like
+  // the summaries.
+  KeyIndex index;
 
   int64_t n_sink() const { return std::min(n_stored, sinks); }
   int64_t sinks = 0;  // the options' sink count
@@ -87,6 +90,10 @@ struct EngramMemory::HeadRows {
   size_t block_v_stride = 0;        // v_dim, or k_dim when values_in_keys (values = unmoved key rows)
   std::vector<int64_t> block_pos;   // [n_sel] original position of each block's first row
   std::vector<float> keys, vals;    // [n_sel, B, k_dim], [n_sel, B, v_stride] decoded/moved rows
+  // The attended keys column-major, as add_rows reads them.
+  std::vector<float> sink_t;        // [k_dim][n_sink]
+  std::vector<float> block_t;       // [n_sel][k_dim][B]
+  std::vector<float> tail_t;        // [k_dim][n_tail]
 };
 
 // Per-thread attention scratch.
@@ -100,36 +107,41 @@ namespace {
 
 constexpr char kMagic[8] = {'E', 'N', 'G', 'R', 'A', 'M', 'E', 'M'};
 // 2 added values_in_keys; 3 sub-block and position-normalised summaries
-// (summary_rows, remapped): older files are refused (prefill again).
-constexpr uint32_t kVersion = 3;
+// (summary_rows, remapped); 4 the int8 key index: older files are refused
+// (prefill again).
+constexpr uint32_t kVersion = 4;
 constexpr int kRows = 256;        // keys scored at a time per (query, head)
 constexpr int kQueryTile = 8;     // queries per attention work item
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// Online softmax update of one (query, head) with rows [lo, hi) of a segment.
-void add_rows(const float* q, const float* k, size_t k_stride, const float* v, size_t v_stride, int64_t lo,
+// Online softmax update of one (query, head) with rows [lo, hi) of a
+// segment whose keys are column-major (kT [k_dim][col_stride]): kRows keys
+// at a time are scored, exponentiated and summed into acc by one kernel call
+// each.
+void add_rows(const float* q, const float* kT, size_t col_stride, const float* v, size_t v_stride, int64_t lo,
               int64_t hi, int k_dim, int v_dim, float scale, float* scores, float& run_max, float& run_sum,
               float* acc) {
   for (int64_t r0 = lo; r0 < hi; r0 += kRows) {
-    const int64_t r1 = std::min<int64_t>(hi, r0 + kRows);
-    float m = kNegInf;
-    for (int64_t r = r0; r < r1; ++r) {
-      const float s = kernels::dot(q, k + static_cast<size_t>(r) * k_stride, static_cast<size_t>(k_dim)) * scale;
-      scores[r - r0] = s;
-      m = std::max(m, s);
-    }
+    const size_t n = static_cast<size_t>(std::min<int64_t>(hi - r0, kRows));
+    kernels::dot_cols(kT + r0, col_stride, n, static_cast<size_t>(k_dim), q, scale, scores);
+    const float m = kernels::max_value(scores, n);
     if (m > run_max) {  // rescale what was accumulated under the old max
       const float c = std::exp(run_max - m);  // exp(-inf) = 0 on the first rows
       run_sum *= c;
       kernels::scale(acc, c, static_cast<size_t>(v_dim));
       run_max = m;
     }
-    for (int64_t r = r0; r < r1; ++r) {
-      const float w = std::exp(scores[r - r0] - run_max);
-      run_sum += w;
-      kernels::axpy(w, v + static_cast<size_t>(r) * v_stride, acc, static_cast<size_t>(v_dim));
-    }
+    run_sum += kernels::exp_shift_sum(scores, n, run_max);
+    kernels::add_weighted_rows(scores, v + static_cast<size_t>(r0) * v_stride, v_stride, n,
+                               static_cast<size_t>(v_dim), acc);
   }
+}
+
+// out [k_dim][n] = the n rows of k (k_stride apart) transposed.
+void transpose_rows(const float* k, size_t k_stride, int64_t n, int k_dim, std::vector<float>& out) {
+  out.resize(static_cast<size_t>(n) * k_dim);
+  for (int64_t r = 0; r < n; ++r)
+    for (int d = 0; d < k_dim; ++d) out[static_cast<size_t>(d) * n + r] = k[static_cast<size_t>(r) * k_stride + d];
 }
 
 class ByteReader {
@@ -177,7 +189,7 @@ EngramMemory::EngramMemory(const MemoryLayout& layout, const EngramMemoryOptions
   options_.block_size = std::max(options_.block_size, 1);
   options_.top_k = std::max(options_.top_k, 0);
   options_.summary_rows = std::clamp(options_.summary_rows, 1, options_.block_size);
-  for (Cell& c : cells_) c.tail_start = c.sinks = options_.sinks;
+  for (Cell& c : cells_) c = fresh_cell();
   if (mode_ == Mode::ENGRAM) {
     store_ = std::make_unique<BlockStore>(codec_.unit_bytes(), options_.spill_path);
     update_capacity();
@@ -210,11 +222,17 @@ void EngramMemory::fail(Status st) {
   if (!st.is_ok() && last_error_.is_ok()) last_error_ = std::move(st);
 }
 
+EngramMemory::Cell EngramMemory::fresh_cell() const {
+  Cell c;
+  c.tail_start = c.sinks = options_.sinks;
+  c.index = KeyIndex(options_.block_size, layout_.k_dim);
+  return c;
+}
+
 void EngramMemory::release_cell(Cell& c) {
   if (store_)
     for (uint32_t id : c.units) store_->release(id);
-  c = Cell{};
-  c.tail_start = c.sinks = options_.sinks;
+  c = fresh_cell();
 }
 
 size_t EngramMemory::bytes_outside_store() const {
@@ -222,13 +240,14 @@ size_t EngramMemory::bytes_outside_store() const {
   for (const Cell& c : cells_)
     bytes += (c.sink_k.capacity() + c.sink_v.capacity() + c.tail_k.capacity() + c.tail_v.capacity() +
               c.summary.capacity()) * sizeof(float) + c.units.capacity() * sizeof(uint32_t) +
-             c.index.capacity() * sizeof(uint16_t);
+             c.index.bytes();
   for (const auto& s : selection_) bytes += s.capacity() * sizeof(int) + sizeof(s);
   for (const auto& s : sel_units_) bytes += s.capacity() * sizeof(void*) + sizeof(s);
   for (const Scratch& s : scratch_)
     bytes += sizeof(Scratch) + (s.scores.capacity() + s.max.capacity() + s.sum.capacity() + s.acc.capacity()) * sizeof(float);
   for (const HeadRows& r : head_rows_)
-    bytes += sizeof(HeadRows) + (r.sink_rot.capacity() + r.keys.capacity() + r.vals.capacity()) * sizeof(float) +
+    bytes += sizeof(HeadRows) + (r.sink_rot.capacity() + r.keys.capacity() + r.vals.capacity() + r.sink_t.capacity() +
+                                 r.block_t.capacity() + r.tail_t.capacity()) * sizeof(float) +
              (r.block_k.capacity() + r.block_v.capacity()) * sizeof(float*) + r.block_pos.capacity() * sizeof(int64_t);
   if (store_) bytes += store_->bytes_used() - store_->resident_bytes();
   return bytes;
@@ -347,9 +366,6 @@ int EngramMemory::n_sub_blocks() const {
   return rows >= B || exact_index() ? 0 : (B + rows - 1) / rows;
 }
 bool EngramMemory::exact_index() const { return options_.summary_rows == 1; }
-size_t EngramMemory::index_halves() const {
-  return exact_index() ? static_cast<size_t>(options_.block_size) * static_cast<size_t>(layout_.k_dim) : 0;
-}
 size_t EngramMemory::summary_floats() const {
   return static_cast<size_t>(3 + 2 * n_sub_blocks()) * static_cast<size_t>(layout_.k_dim);
 }
@@ -375,7 +391,7 @@ Status EngramMemory::make_block(Cell& c, int64_t row0) {
       for (int j = 0; j < h; ++j) store_->release(c.units[c.units.size() - 1 - j]);
       c.units.resize(c.units.size() - h);
       c.summary.resize(c.summary.size() - static_cast<size_t>(h) * summary_floats());
-      c.index.resize(c.index.size() - static_cast<size_t>(h) * index_halves());
+      c.index.truncate(c.index.size() - (exact_index() ? static_cast<size_t>(h) : 0));
       return id.error();
     }
     c.units.push_back(*id);
@@ -396,7 +412,7 @@ Status EngramMemory::make_block(Cell& c, int64_t row0) {
     const size_t at = c.summary.size();
     c.summary.resize(at + summary_floats());
     summarise(keys, B, kd, c.summary.data() + at);
-    for (size_t i = 0; i < index_halves(); ++i) c.index.push_back(fp32_to_fp16(keys[i]));
+    if (exact_index()) c.index.append(keys);
     for (int r0 = 0, u = 0; r0 < B && n_sub_blocks() > 0; r0 += options_.summary_rows, ++u)
       key_bounds(keys + static_cast<size_t>(r0) * kd, std::min(options_.summary_rows, B - r0), kd,
                  c.summary.data() + at + static_cast<size_t>(3 + 2 * u) * kd);
@@ -447,7 +463,7 @@ void EngramMemory::truncate(Cell& c, int64_t p0) {
     for (size_t u = static_cast<size_t>(b) * H; u < c.units.size(); ++u) store_->release(c.units[u]);
     c.units.resize(static_cast<size_t>(b) * H);
     c.summary.resize(static_cast<size_t>(b) * H * summary_floats());
-    c.index.resize(static_cast<size_t>(b) * H * index_halves());
+    c.index.truncate(exact_index() ? static_cast<size_t>(b) * H : 0);
     c.n_blocks = b;
     c.tail_start = options_.sinks + b * B;
     c.tail_k = std::move(tk);
@@ -516,22 +532,17 @@ const std::vector<int>& EngramMemory::last_selection(int layer, int kv_head) con
 // Block b's score for KV head g: the best over the n_vec query vectors of the
 // exact max q.k (index), the sub-block bounds, or the block's bound (or mean
 // key). block_keys: scratch [block_size, k_dim] for the exact index.
-float EngramMemory::score_block(const Cell& c, int64_t b, int g, const float* qset, size_t n_vec, bool exact, int n_sub,
-                                float* block_keys) const {
+float EngramMemory::score_block(const Cell& c, int64_t b, int g, const float* qset, size_t n_vec, bool exact,
+                                int n_sub) const {
   const int H = layout_.n_kv_head, kd = layout_.k_dim;
   const float* kmin = c.summary.data() + (static_cast<size_t>(b) * H + g) * summary_floats();
   const float* kmax = kmin + kd;
   const float* kmean = kmax + kd;
   float best = kNegInf;
-  if (exact) {
-    const uint16_t* h16 = c.index.data() + (static_cast<size_t>(b) * H + g) * index_halves();
-    for (size_t i = 0; i < index_halves(); ++i) block_keys[i] = half_to_float_fast(h16[i]);
-  }
   for (size_t j = 0; j < n_vec; ++j) {
     const float* qv = qset + j * kd;
     if (exact) {
-      for (int r = 0; r < options_.block_size; ++r)
-        best = std::max(best, kernels::dot(qv, block_keys + static_cast<size_t>(r) * kd, static_cast<size_t>(kd)));
+      best = std::max(best, c.index.max_dot(static_cast<size_t>(b) * H + g, qv));
     } else if (n_sub > 0) {
       for (int u = 0; u < n_sub; ++u) {
         const float* sub = kmean + kd + static_cast<size_t>(2 * u) * kd;
@@ -543,6 +554,27 @@ float EngramMemory::score_block(const Cell& c, int64_t b, int g, const float* qs
     }
   }
   return best;
+}
+
+// Two stages: every block ranked by its min/max bound, then the
+// index_candidates best scored exactly with the key index; the top_k of
+// those are selected. scores: scratch [n_blocks].
+std::vector<int> EngramMemory::select_by_candidates(const Cell& c, int g, const float* qset, size_t n_vec,
+                                                    std::vector<float>& scores, ThreadPool& pool) const {
+  const int64_t nb = static_cast<int64_t>(scores.size());
+  pool.parallel_for(static_cast<size_t>(nb), [&](size_t b0, size_t b1, int) {
+    for (size_t b = b0; b < b1; ++b)
+      scores[b] = score_block(c, static_cast<int64_t>(b), g, qset, n_vec, /*exact=*/false, /*n_sub=*/0);
+  }, 256);
+  const std::vector<int> cand = top_k_indices(scores, options_.index_candidates);
+  std::vector<float> exact_scores(cand.size());
+  pool.parallel_for(cand.size(), [&](size_t i0, size_t i1, int) {
+    for (size_t i = i0; i < i1; ++i) exact_scores[i] = score_block(c, cand[i], g, qset, n_vec, /*exact=*/true, 0);
+  }, 16);
+  std::vector<int> sel;
+  for (int i : top_k_indices(exact_scores, options_.top_k)) sel.push_back(cand[static_cast<size_t>(i)]);
+  std::sort(sel.begin(), sel.end());
+  return sel;
 }
 
 void EngramMemory::select_blocks(const Cell& c, int layer, int64_t pos0, int64_t n_q, int n_head, const float* q,
@@ -584,12 +616,15 @@ void EngramMemory::select_blocks(const Cell& c, int layer, int64_t pos0, int64_t
                         qset.data() + static_cast<size_t>(h) * kd, static_cast<size_t>(kd));
     }
     const size_t n_vec = qset.size() / static_cast<size_t>(kd);
+    const int n_cand = options_.index_candidates;
+    if (exact && n_cand > 0 && nb > n_cand) {
+      sel = select_by_candidates(c, g, qset.data(), n_vec, scores, pool);
+      continue;
+    }
     // Blocks are scored in parallel (the exact index reads every block's keys).
     pool.parallel_for(static_cast<size_t>(nb), [&](size_t b0, size_t b1, int) {
-      std::vector<float> block_keys(exact ? index_halves() : 0);  // [B, k_dim] one block's keys, decoded
-      for (size_t b = b0; b < b1; ++b)
-        scores[b] = score_block(c, static_cast<int64_t>(b), g, qset.data(), n_vec, exact, n_sub, block_keys.data());
-    }, 16);
+      for (size_t b = b0; b < b1; ++b) scores[b] = score_block(c, static_cast<int64_t>(b), g, qset.data(), n_vec, exact, n_sub);
+    }, 64);
     sel = top_k_indices(scores, options_.top_k);
   }
 }
@@ -716,6 +751,16 @@ void EngramMemory::prepare_head(const Cell& c, int layer, int g, int64_t pos0, H
     rows.block_v[static_cast<size_t>(j)] = vals;
     rows.block_pos[static_cast<size_t>(j)] = first_pos;
   }
+
+  // Column-major copies for add_rows: every query of the call reuses them.
+  transpose_rows(rows.sink_k, rows.sink_k_stride, c.n_sink(), kd, rows.sink_t);
+  rows.block_t.resize(static_cast<size_t>(n_sel) * B * kd);
+  std::vector<float> one;
+  for (int64_t j = 0; j < n_sel; ++j) {
+    transpose_rows(rows.block_k[static_cast<size_t>(j)], static_cast<size_t>(kd), B, kd, one);
+    std::copy(one.begin(), one.end(), rows.block_t.begin() + static_cast<ptrdiff_t>(j * B * kd));
+  }
+  transpose_rows(c.tail_k.data() + static_cast<size_t>(g) * kd, kr, n_tail, kd, rows.tail_t);
 }
 
 void EngramMemory::attend_item(const Cell& c, int g, int64_t pos0, int i0, int i1, int n_head, const float* q,
@@ -730,8 +775,8 @@ void EngramMemory::attend_item(const Cell& c, int g, int64_t pos0, int i0, int i
   // Adds rows of a segment starting at position first_pos to every (query,
   // head) of the item, each seeing only rows at or before its own position
   // (and, when `windowed`, within its last `window` positions).
-  auto segment = [&](const float* k, size_t k_stride, const float* v, size_t v_stride, int64_t first_pos,
-                     int64_t n_rows, bool windowed) {
+  auto segment = [&](const float* kT, const float* v, size_t v_stride, int64_t first_pos, int64_t n_rows,
+                     bool windowed) {
     for (int i = i0; i < i1; ++i) {
       const int64_t p = pos0 + i;
       const int64_t hi = std::min(n_rows, p - first_pos + 1);
@@ -740,7 +785,8 @@ void EngramMemory::attend_item(const Cell& c, int g, int64_t pos0, int i0, int i
       for (int j = 0; j < group; ++j) {
         const int h = g * group + j;
         const size_t state = static_cast<size_t>(i - i0) * group + j;
-        add_rows(q + (static_cast<size_t>(i) * n_head + h) * kd, k, k_stride, v, v_stride, lo, hi, kd, vd, scale,
+        add_rows(q + (static_cast<size_t>(i) * n_head + h) * kd, kT, static_cast<size_t>(n_rows), v, v_stride, lo, hi,
+                 kd, vd, scale,
                  s.scores.data(), s.max[state], s.sum[state], s.acc.data() + state * vd);
       }
     }
@@ -752,15 +798,14 @@ void EngramMemory::attend_item(const Cell& c, int g, int64_t pos0, int i0, int i
   const bool vik = layout_.values_in_keys;
   const size_t gk = static_cast<size_t>(g) * kd, gv = static_cast<size_t>(g) * vd, val_stride = vik ? kr : vr;
   if (c.n_sink() > 0)
-    segment(rows.sink_k, rows.sink_k_stride, vik ? c.sink_k.data() + gk : c.sink_v.data() + gv, val_stride, 0,
-            c.n_sink(), false);
+    segment(rows.sink_t.data(), vik ? c.sink_k.data() + gk : c.sink_v.data() + gv, val_stride, 0, c.n_sink(), false);
   // Causality uses the original positions: every block precedes every query.
   for (size_t j = 0; j < rows.block_k.size(); ++j)
-    segment(rows.block_k[j], static_cast<size_t>(kd), rows.block_v[j], rows.block_v_stride, rows.block_pos[j], B,
-            false);
+    segment(rows.block_t.data() + j * static_cast<size_t>(B) * kd, rows.block_v[j], rows.block_v_stride,
+            rows.block_pos[j], B, false);
   if (n_tail > 0)
-    segment(c.tail_k.data() + gk, kr, vik ? c.tail_k.data() + gk : c.tail_v.data() + gv, val_stride, c.tail_start,
-            n_tail, mode_ == Mode::WINDOW);
+    segment(rows.tail_t.data(), vik ? c.tail_k.data() + gk : c.tail_v.data() + gv, val_stride, c.tail_start, n_tail,
+            mode_ == Mode::WINDOW);
 
   for (int i = i0; i < i1; ++i)
     for (int j = 0; j < group; ++j) {
@@ -779,7 +824,7 @@ void EngramMemory::attend_item(const Cell& c, int g, int64_t pos0, int i0, int i
 //     remapped (summaries of keys moved to position 0)
 //   per layer, per seq: i64 n_stored, tail_start, n_blocks
 //     | sink k, v floats | engram: n_blocks*n_kv_head units (unit_bytes each), summary floats,
-//       index keys (fp16; summary_rows == 1)
+//       key index entries (KeyIndex, int8; summary_rows == 1)
 //     | tail k, v floats
 Status EngramMemory::save(const std::string& path) const {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -808,7 +853,7 @@ Status EngramMemory::save(const std::string& path) const {
         put(unit.data(), unit.size());
       }
       put(c.summary.data(), c.summary.size() * sizeof(float));
-      put(c.index.data(), c.index.size() * sizeof(uint16_t));
+      for (size_t e = 0; e < c.index.size(); ++e) put(c.index.entry_data(e), c.index.entry_bytes());
     }
     put(c.tail_k.data(), c.tail_k.size() * sizeof(float));
     put(c.tail_v.data(), c.tail_v.size() * sizeof(float));
@@ -855,7 +900,7 @@ Status EngramMemory::load(const std::string& path) {
 
   // Parse into fresh cells; on any error release what was stored so far.
   std::vector<Cell> cells(cells_.size());
-  for (Cell& c : cells) c.tail_start = c.sinks = options_.sinks;
+  for (Cell& c : cells) c = fresh_cell();
   auto parse = [&]() -> Status {
     const int H = layout_.n_kv_head, B = options_.block_size;
     std::vector<uint8_t> unit(codec_.unit_bytes());
@@ -888,8 +933,11 @@ Status EngramMemory::load(const std::string& path) {
         }
         ENGRAM_RETURN_IF_ERROR(
             r.read_vec(c.summary, static_cast<size_t>(c.n_blocks) * H * summary_floats(), "block summaries"));
-        ENGRAM_RETURN_IF_ERROR(
-            r.read_vec(c.index, static_cast<size_t>(c.n_blocks) * H * index_halves(), "block index keys"));
+        std::vector<uint8_t> entry(c.index.entry_bytes());
+        for (int64_t e = 0; exact_index() && e < c.n_blocks * H; ++e) {
+          ENGRAM_RETURN_IF_ERROR(r.read_bytes(entry.data(), entry.size(), "block index keys"));
+          c.index.append_raw(entry.data());
+        }
       }
       ENGRAM_RETURN_IF_ERROR(r.read_vec(c.tail_k, n_tail * k_row(), "tail keys"));
       ENGRAM_RETURN_IF_ERROR(r.read_vec(c.tail_v, n_tail * v_row(), "tail values"));

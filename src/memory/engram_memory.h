@@ -20,8 +20,8 @@
 // a mean key (InfLLM-style representative) dilutes it 128-fold. The mean key
 // is kept as well (EngramMemory::Scoring::MEAN) for comparison.
 // A single query (decode, the exact prompt tail) scores each block by its
-// largest exact q.k (options.summary_rows == 1, the default: the blocks'
-// keys kept in RAM in fp16, an index like DeepSeek V3.2's lightning indexer
+// largest q.k (options.summary_rows == 1, the default: the blocks' keys
+// kept in RAM in int8 by a KeyIndex, like DeepSeek V3.2's lightning indexer
 // keys), or by the best min/max bound of its sub-blocks of summary_rows keys
 // (less RAM, less precise). One bound per 64-key block found the needle at
 // 32K in 1 of 6 trials; the exact index in 18 of 18 (8K and 32K).
@@ -136,15 +136,16 @@ class EngramMemory final : public Memory {
   void truncate(Cell& c, int64_t p0);
   Status evict_old(Cell& c, int64_t keep_from);
   Status make_block(Cell& c, int64_t row0);
+  Cell fresh_cell() const;
   void release_cell(Cell& c);
   void update_capacity();
   void select_blocks(const Cell& c, int layer, int64_t pos0, int64_t n_q, int n_head, const float* q,
                      ThreadPool& pool);
-  float score_block(const Cell& c, int64_t b, int g, const float* qset, size_t n_vec, bool exact, int n_sub,
-                    float* block_keys) const;
+  std::vector<int> select_by_candidates(const Cell& c, int g, const float* qset, size_t n_vec,
+                                       std::vector<float>& scores, ThreadPool& pool) const;
+  float score_block(const Cell& c, int64_t b, int g, const float* qset, size_t n_vec, bool exact, int n_sub) const;
   int n_sub_blocks() const;       // sub-block bounds per block summary
-  bool exact_index() const;       // summary_rows == 1: blocks' keys kept in fp16 for exact scoring
-  size_t index_halves() const;    // fp16 index values per block of one KV head
+  bool exact_index() const;       // summary_rows == 1: blocks' keys kept in the int8 KeyIndex
   size_t summary_floats() const;  // floats per block summary of one KV head
   void prepare_head(const Cell& c, int layer, int kvh, int64_t pos0, HeadRows& rows) const;
   void attend_item(const Cell& c, int kvh, int64_t pos0, int i0, int i1, int n_head, const float* q, float* out,

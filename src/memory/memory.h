@@ -121,11 +121,16 @@ struct EngramMemoryOptions {
   // query (cheap, InfLLM-style), true with every query (max over them).
   bool score_every_query = false;
   // How a single query scores blocks (decode, the exact prompt tail). 1: by
-  // the exact max q.k over the block's keys, kept in RAM in fp16 (2 bytes
-  // per key value: the size of fp16 blocks again). > 1: by the best min/max
+  // the max q.k over the block's keys, kept in RAM in int8 (1 + 4 / k_dim
+  // bytes per key value, key_index.h). > 1: by the best min/max
   // bound over sub-blocks of that many keys (2 * k_dim floats per sub-block;
   // >= block_size: one bound per block, the least RAM and the least recall).
   int summary_rows = 1;
+  // With the key index (summary_rows == 1): 0 scores every block exactly;
+  // N > 0 first ranks blocks by their min/max bound and scores only the N
+  // best exactly (decode cost independent of the context beyond one pass
+  // over the bounds, at the risk of missing a block whose bound ranks low).
+  int index_candidates = 0;
   // Prompt tokens at the end of each Session::decode call that run one at a
   // time, each retrieving its own blocks (Memory::exact_tail).
   int exact_tail = 32;

@@ -30,6 +30,7 @@
 
 #include <gtest/gtest.h>
 
+#include "kernels/for_each_target.h"
 #include "kernels/kernels_ref.h"
 #include "quant/blocks.h"
 #include "quant/quant.h"
@@ -40,20 +41,6 @@ namespace {
 constexpr float kU = 1.0f / (1 << 24);  // unit roundoff of float
 const size_t kSizes[] = {0, 1, 3, 17, 64, 1000, 4099};
 
-// Runs body() once per Highway target compiled in and supported here, with
-// dispatch forced onto that target; returns the names of the targets run.
-template <class Body>
-std::vector<std::string> for_each_target(const Body& body) {
-  std::vector<std::string> names;
-  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
-    hwy::SetSupportedTargetsForTest(target);
-    names.push_back(hwy::TargetName(target));
-    SCOPED_TRACE("target " + names.back());
-    body();
-    hwy::SetSupportedTargetsForTest(0);
-  }
-  return names;
-}
 
 std::vector<float> random_floats(size_t n, float lo, float hi, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -656,6 +643,37 @@ TEST(Kernels, Q8KActivationsMatchReference) {
   EXPECT_EQ(activation_type(GgmlType::Q8_0, 64), GgmlType::Q8_0);
 }
 
+// The vectorised activation quantizers are byte-exact with the scalar ones on
+// every target, including ties (x / d exactly k + 1/2: Q8_0 rounds them away
+// from zero, Q8_K to even), all-zero blocks and a negative largest value.
+TEST(Kernels, ActivationQuantizationIsExactOnEveryTarget) {
+  auto x = random_floats(2048, -3, 3, 61);
+  std::fill(x.begin() + 256, x.begin() + 512, 0.0f);  // all-zero blocks of both kinds
+  for (int i = 0; i < 32; ++i) x[1024 + i] = static_cast<float>(i) - 15.5f;  // Q8_0 block: amax 15.5
+  x[1024 + 31] = -127.0f;  // ... now amax 127 (d = 1): the others are ties k + 1/2
+  for (int i = 0; i < 256; ++i) x[1536 + i] = 0.5f * static_cast<float>(i % 9) - 2.0f;  // Q8_K: ties
+  x[1536 + 7] = -127.0f;  // first largest magnitude, negative: iscale = 1
+  x[1536 + 9] = 127.0f;   // same magnitude later: must not be picked
+  std::vector<uint8_t> want_q8_0(*row_bytes(GgmlType::Q8_0, 2048));
+  quantize_row(GgmlType::Q8_0, x.data(), want_q8_0.data(), 2048);
+  const auto want_q8_K = ref::quantize_q8_K(x.data(), 2048);
+  for_each_target([&] {
+    std::vector<uint8_t> got(want_q8_0.size());
+    quantize_activations(GgmlType::Q8_0, x.data(), got.data(), 2048);
+    EXPECT_EQ(got, want_q8_0);
+    got.assign(want_q8_K.size() * sizeof(BlockQ8_K), 0xAA);
+    quantize_activations(GgmlType::Q4_K, x.data(), got.data(), 2048);
+    EXPECT_EQ(std::memcmp(got.data(), want_q8_K.data(), got.size()), 0);
+  });
+  BlockQ8_0 tie;
+  std::memcpy(&tie, want_q8_0.data() + 32 * sizeof tie, sizeof tie);
+  EXPECT_EQ(tie.qs[0], -16);  // -15.5 away from zero
+  EXPECT_EQ(tie.qs[30], 15);  // 14.5
+  EXPECT_EQ(want_q8_K[6].qs[0], -2);
+  EXPECT_EQ(want_q8_K[6].qs[1], -2);  // -1.5 to even
+  EXPECT_EQ(want_q8_K[6].qs[3], 0);   // -0.5 to even
+}
+
 // Scales 1 and small activation quants: every sum is an integer below 2^24,
 // so each target must return the reference's integer exactly.
 TEST(Kernels, DotRowQ8KSumsAreExact) {
@@ -736,6 +754,54 @@ TEST(Kernels, DotRowQ8KMatchesReference) {
       }
     }
   });
+}
+
+// One token through matmul (the generation path: several weight rows per pass)
+// with unit scales and activations that quantize to themselves: every block
+// sum is an integer and every partial sum stays below 2^24, so each output must
+// equal the reference exactly. A dropped block, lane or row changes it.
+TEST(Kernels, MatVecQuantizedSumsAreExact) {
+  std::mt19937 rng(51);
+  const uint16_t one = 0x3C00;
+  for (GgmlType type : {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K}) {
+    const int64_t n_in = 512;
+    const int64_t n_out = 3 * 16 + 7;  // three threads' grains, groups of rows and a remainder
+    const size_t row = *row_bytes(type, n_in);
+    const int64_t block = type_traits(type).block_size;
+    const size_t block_bytes = *row_bytes(type, block);
+    Weights w{type, n_in, n_out, std::vector<uint8_t>(row * static_cast<size_t>(n_out))};
+    for (uint8_t& byte : w.bytes) byte = static_cast<uint8_t>(rng());
+    for (size_t b = 0; b < w.bytes.size() / block_bytes; ++b) {
+      uint8_t* blk = w.bytes.data() + b * block_bytes;
+      if (type == GgmlType::Q6_K) {
+        std::memcpy(blk + offsetof(BlockQ6_K, d), &one, 2);
+      } else {
+        std::memcpy(blk, &one, 2);                                    // d
+        if (type == GgmlType::Q4_K) std::memcpy(blk + 2, &one, 2);  // dmin
+      }
+    }
+    // Small integers with -127 first in every block of 32: Q8_0 and Q8_K
+    // scales are then exactly 1 and the quants equal the values.
+    std::vector<float> x(static_cast<size_t>(n_in));
+    for (int64_t i = 0; i < n_in; ++i) {
+      x[static_cast<size_t>(i)] = i % 32 == 0 ? -127.0f : static_cast<float>(static_cast<int>(rng() % 9) - 4);
+    }
+    const TensorView W = w.view();
+    std::vector<float> want(static_cast<size_t>(n_out));
+    ref::matmul(W, x.data(), want.data(), 1);
+    // sum |x| = 16 * (127 + 31 * 4) = 4016 and every integer weight term is
+    // at most 128 * 32 (Q6_K scale times quant) in magnitude: 4016 * 4096 < 2^24.
+    for_each_target([&] {
+      for (int threads : {1, 3}) {
+        ThreadPool pool(threads);
+        std::vector<float> got(want.size(), NAN);
+        matmul(W, x.data(), got.data(), 1, pool);
+        for (int64_t o = 0; o < n_out; ++o) {
+          ASSERT_EQ(got[o], want[o]) << type_traits(type).name << " threads=" << threads << " row " << o;
+        }
+      }
+    });
+  }
 }
 
 TEST(Kernels, MatmulSplitsLargeOutputsAcrossThreads) {

@@ -19,6 +19,7 @@
 
 #include "memory/block_store.h"
 #include "memory/engram_memory.h"
+#include "memory/key_index.h"
 #include "memory/memory.h"
 #include "naive_attention.h"
 #include "quant/quant.h"
@@ -345,11 +346,16 @@ TEST(EngramRetrieval, TopKMatchesBruteForceScoring) {
           ASSERT_GT(nb, 20);
           const KvLog& log = f.logs[static_cast<size_t>(layer)];
           for (int g = 0; g < l.n_kv_head; ++g) {
-            // rows 1 scores with the fp16 index: round the keys as it does.
+            // rows 1 scores with the int8 key index: round the keys as it does.
+            const auto key = [&](int64_t p, int d) {
+              return log.k[(static_cast<size_t>(p) * l.n_kv_head + g) * l.k_dim + d];
+            };
             const auto want = brute_force_top_k(group_queries(q, n, g, l.k_dim, each), nb, o, rows, l.k_dim,
                                                 [&](int64_t p, int d) {
-                                                  const float x = log.k[(static_cast<size_t>(p) * l.n_kv_head + g) * l.k_dim + d];
-                                                  return rows == 1 ? fp16_to_fp32(fp32_to_fp16(x)) : x;
+                                                  if (rows != 1) return key(p, d);
+                                                  float row_max = 0.f;
+                                                  for (int e = 0; e < l.k_dim; ++e) row_max = std::max(row_max, std::fabs(key(p, e)));
+                                                  return KeyIndex::rounded(key(p, d), row_max);
                                                 });
             EXPECT_EQ(m.last_selection(layer, g), want) << "layer " << layer << " kv head " << g << " n " << n
                                                         << " every_query " << every_query << " rows " << summary_rows;
@@ -357,6 +363,41 @@ TEST(EngramRetrieval, TopKMatchesBruteForceScoring) {
         }
         pos += n;
       }
+    }
+  }
+}
+
+// --index-candidates: a decode query ranks blocks by their bounds, then
+// scores the N best with the key index. Enough candidates give the plain
+// index selection; fewer give top_k blocks from among the N best bounds.
+TEST(EngramRetrieval, IndexCandidatesScoreTheBestBoundsExactly) {
+  const MemoryLayout l = small_layout(2000, 1);
+  EngramMemoryOptions plain_o = small_options(BlockCompression::F32, /*top_k=*/5);
+  EngramMemoryOptions all_o = plain_o, few_o = plain_o;
+  all_o.index_candidates = 1000;
+  few_o.index_candidates = 12;
+  EngramMemory plain(l, plain_o, EngramMemory::Mode::ENGRAM), all(l, all_o, EngramMemory::Mode::ENGRAM),
+      few(l, few_o, EngramMemory::Mode::ENGRAM);
+  Feeder f(l);
+  ThreadPool pool(2);
+  int64_t pos = 0;
+  for (; pos < 1000; pos += 100) f.step({&plain, &all, &few}, 0, pos, 100);
+  auto qs = f.step({&plain, &all, &few}, 0, pos, 1);
+  for (int layer = 0; layer < l.n_layer; ++layer) {
+    const auto& q = qs[static_cast<size_t>(layer)];
+    for (EngramMemory* m : {&plain, &all, &few}) run_attend(*m, layer, 0, pos, 1, q, pool);
+    const KvLog& log = f.logs[static_cast<size_t>(layer)];
+    for (int g = 0; g < l.n_kv_head; ++g) {
+      EXPECT_EQ(all.last_selection(layer, g), plain.last_selection(layer, g));
+      EngramMemoryOptions bound_o = few_o;
+      bound_o.top_k = few_o.index_candidates;
+      const auto candidates = brute_force_top_k(group_queries(q, 1, g, l.k_dim, true), few.n_blocks(layer, 0), bound_o,
+                                                bound_o.block_size, l.k_dim, [&](int64_t p, int d) {
+                                                  return log.k[(static_cast<size_t>(p) * l.n_kv_head + g) * l.k_dim + d];
+                                                });
+      const auto& sel = few.last_selection(layer, g);
+      EXPECT_EQ(sel.size(), 5u);
+      for (int b : sel) EXPECT_TRUE(std::count(candidates.begin(), candidates.end(), b)) << "block " << b;
     }
   }
 }

@@ -17,6 +17,17 @@ namespace {
 uint32_t bits_of(float f) { return std::bit_cast<uint32_t>(f); }
 float float_of(uint32_t u) { return std::bit_cast<float>(u); }
 
+// The compiler's own IEEE half type, an independent conversion to check
+// against. GCC 12 has no _Float16 in C++ on aarch64 (only in C), but has the
+// Arm ACLE type __fp16 there.
+#if defined(__aarch64__)
+using NativeHalf = __fp16;
+#define ENGRAM_HAVE_NATIVE_HALF 1
+#elif defined(__FLT16_MAX__)
+using NativeHalf = _Float16;
+#define ENGRAM_HAVE_NATIVE_HALF 1
+#endif
+
 // Value of a half computed from its fields with ldexp (independent of the code under test).
 double half_value(uint16_t h) {
   const int sign = h >> 15, exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF;
@@ -110,8 +121,8 @@ TEST(Fp16, AgreesWithIndependentConversions) {
     const float f = float_of(static_cast<uint32_t>(rng()));
     if (std::isnan(f)) continue;
     ASSERT_EQ(fp32_to_fp16(f), reference_fp32_to_fp16(f)) << "bits 0x" << std::hex << bits_of(f);
-#if defined(__FLT16_MAX__)
-    const _Float16 h = static_cast<_Float16>(f);
+#if defined(ENGRAM_HAVE_NATIVE_HALF)
+    const NativeHalf h = static_cast<NativeHalf>(f);
     uint16_t hb;
     std::memcpy(&hb, &h, 2);
     ASSERT_EQ(fp32_to_fp16(f), hb) << "bits 0x" << std::hex << bits_of(f);

@@ -1,0 +1,728 @@
+// Cache-blocked GEMM micro-kernels (see gemm.h), written once and compiled
+// for every SIMD target like kernels.cpp: foreach_target.h re-includes this
+// file per target and the HWY_ONCE section dispatches to the best one.
+//
+// Float weights (F32, and F16 / BF16 converted a panel at a time) use generic
+// Highway code. Quantized weights use integer micro-kernels on x86 targets
+// with AVX2 (AVX2 and the AVX-512 targets, which run the same 256-bit code):
+// the unsigned x signed byte multiply-add vpmaddubsw that makes these fast
+// has no Highway op in the Highway we build against (Debian's 1.0.3). Other
+// targets return false from GemmQ8Impl and the caller runs the per-row dot
+// (dot_row_q8) tile by tile instead, which keeps the cache blocking.
+//
+// A tile is R weight rows x T tokens; its R*T accumulators stay in
+// registers over the whole reduction. Shapes that do not fill a tile use the
+// same template instantiated for fewer rows or tokens, chosen from a table.
+
+// GCC 12's AVX-512 intrinsics (_mm512_castsi256_si512, _mm512_cvtepi32_ps
+// ...) start from _mm512_undefined_*() and then trip its own uninitialized-
+// use warnings; they must be silenced where the intrinsic headers are read.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "kernels/gemm.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "quant/blocks.h"
+#include "quant/quant.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/gemm.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+
+#include <hwy/highway.h>
+
+#if HWY_ARCH_X86
+#include <immintrin.h>
+#endif
+
+// Re-evaluated for every target this file is compiled for.
+#undef ENGRAM_GEMM_AVX2
+#undef ENGRAM_GEMM_AVX512
+#if HWY_ARCH_X86 && (HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL)
+#define ENGRAM_GEMM_AVX2 1
+#else
+#define ENGRAM_GEMM_AVX2 0
+#endif
+// AVX-512 (F, BW, DQ, VL): the same kernels on 512-bit vectors, two blocks
+// (or sub-blocks) per instruction.
+#if HWY_ARCH_X86 && (HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL)
+#define ENGRAM_GEMM_AVX512 1
+#else
+#define ENGRAM_GEMM_AVX512 0
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace engram::kernels {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// AVX-512 targets have 32 vector registers, the others 16 (or emulate).
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+constexpr size_t kVectorRegisters = 32;
+#else
+constexpr size_t kVectorRegisters = 16;
+#endif
+
+// Calls tile(r0, rows, t0, tokens) over n_rows x n_tokens in tiles of at
+// most R x T. Tokens are the outer loop: a tile of activation rows is then
+// reused by every row tile of the panel while it is in L1.
+template <size_t R, size_t T, class Tile>
+HWY_INLINE void ForEachTile(size_t n_rows, size_t n_tokens, const Tile& tile) {
+  for (size_t t0 = 0; t0 < n_tokens; t0 += T) {
+    const size_t nt = std::min(T, n_tokens - t0);
+    for (size_t r0 = 0; r0 < n_rows; r0 += R) tile(r0, std::min(R, n_rows - r0), t0, nt);
+  }
+}
+
+// Table of Kernel::Tile<r, t> for r in 1..R, t in 1..T; entry (r-1)*T + t-1.
+template <class Kernel, size_t R, size_t T, size_t... I>
+constexpr auto MakeTileTable(std::index_sequence<I...>) {
+  return std::array<typename Kernel::TileFn, sizeof...(I)>{&Kernel::template Tile<I / T + 1, I % T + 1>...};
+}
+
+// ---- Float weights ----
+
+using DF = hn::ScalableTag<float>;
+
+struct FloatKernel {
+  // y[t * ldy + r] (+)= sum_{i<n} w[r * ldw + i] * x[t * ldx + i]; adds to y
+  // when `accumulate` (a later chunk of the reduction).
+  using TileFn = void (*)(const float*, size_t, const float*, size_t, size_t, float*, size_t, bool);
+
+#if HWY_HAVE_SCALABLE
+  // Sizeless vectors cannot form arrays: one accumulator.
+  static constexpr size_t kRows = 1, kTokens = 1;
+  template <size_t R, size_t T>
+  static HWY_NOINLINE void Tile(const float* HWY_RESTRICT w, size_t ldw, const float* HWY_RESTRICT x, size_t ldx,
+                                size_t n, float* HWY_RESTRICT y, size_t ldy, bool accumulate) {
+    const DF d;
+    const size_t N = hn::Lanes(d);
+    auto acc = hn::Zero(d);
+    size_t i = 0;
+    for (; i + N <= n; i += N) acc = hn::MulAdd(hn::LoadU(d, w + i), hn::LoadU(d, x + i), acc);
+    float sum = hn::GetLane(hn::SumOfLanes(d, acc));
+    for (; i < n; ++i) sum += w[i] * x[i];
+    y[0] = accumulate ? y[0] + sum : sum;
+  }
+#else
+  // 4 x 3 accumulators plus 4 weight vectors fit 16 registers; with 32,
+  // 4 x 6.
+  static constexpr size_t kRows = 4, kTokens = kVectorRegisters >= 32 ? 6 : 3;
+  template <size_t R, size_t T>
+  static HWY_NOINLINE void Tile(const float* HWY_RESTRICT w, size_t ldw, const float* HWY_RESTRICT x, size_t ldx,
+                                size_t n, float* HWY_RESTRICT y, size_t ldy, bool accumulate) {
+    const DF d;
+    const size_t N = hn::Lanes(d);
+    hn::Vec<DF> acc[R][T];
+    for (size_t r = 0; r < R; ++r) {
+      for (size_t t = 0; t < T; ++t) acc[r][t] = hn::Zero(d);
+    }
+    size_t i = 0;
+    for (; i + N <= n; i += N) {
+      hn::Vec<DF> wv[R];
+      for (size_t r = 0; r < R; ++r) wv[r] = hn::LoadU(d, w + r * ldw + i);
+      for (size_t t = 0; t < T; ++t) {
+        const auto xv = hn::LoadU(d, x + t * ldx + i);
+        for (size_t r = 0; r < R; ++r) acc[r][t] = hn::MulAdd(wv[r], xv, acc[r][t]);
+      }
+    }
+    for (size_t r = 0; r < R; ++r) {
+      for (size_t t = 0; t < T; ++t) {
+        float sum = hn::GetLane(hn::SumOfLanes(d, acc[r][t]));
+        for (size_t j = i; j < n; ++j) sum += w[r * ldw + j] * x[t * ldx + j];
+        float& out = y[t * ldy + r];
+        out = accumulate ? out + sum : sum;
+      }
+    }
+  }
+#endif
+};
+
+// Reduction chunk of the float path: a panel's weights (kFloatPanelRows x
+// kChunk floats, 32 KiB) and a tile of activations stay in L1 across tiles.
+constexpr size_t kChunk = 512;
+
+// y[t * ldy + r] = sum_i w[r * ldw + i] * x[t * ldx + i] for r < n_rows,
+// t < n_tokens, i < n.
+void GemmF32Impl(const float* w, size_t ldw, size_t n_rows, const float* x, size_t ldx, size_t n_tokens, size_t n,
+                 float* y, size_t ldy) {
+  constexpr size_t R = FloatKernel::kRows, T = FloatKernel::kTokens;
+  static constexpr auto kTiles = MakeTileTable<FloatKernel, R, T>(std::make_index_sequence<R * T>());
+  for (size_t k0 = 0; k0 < n || k0 == 0; k0 += kChunk) {
+    const size_t kn = std::min(kChunk, n - k0);
+    ForEachTile<R, T>(n_rows, n_tokens, [&](size_t r0, size_t nr, size_t t0, size_t nt) {
+      kTiles[(nr - 1) * T + nt - 1](w + r0 * ldw + k0, ldw, x + t0 * ldx + k0, ldx, kn, y + t0 * ldy + r0, ldy, k0 > 0);
+    });
+    if (n == 0) break;
+  }
+}
+
+// ---- Quantized weights x Q8 activations (x86 with AVX2) ----
+
+#if ENGRAM_GEMM_AVX2
+
+// A quantized tile: y[t * ldy + r] = dot of weight row r (at w + r * w_stride)
+// with activation row t (at x + t * x_stride), nb blocks each.
+using QuantTileFn = void (*)(const uint8_t*, size_t, const uint8_t*, size_t, size_t, float*, size_t);
+
+// Tiles of 4 rows x 3 tokens with 16 registers, 4 x 4 with 32.
+constexpr size_t kQuantRows = 4, kQuantTokens = kVectorRegisters >= 32 ? 4 : 3;
+
+HWY_INLINE float HorizontalSum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+HWY_INLINE __m256i LoadBytes(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+template <class Block>
+HWY_INLINE const Block& BlockAt(const uint8_t* row, size_t b) {
+  return reinterpret_cast<const Block*>(row)[b];
+}
+
+// The 32 quants of a block as signed bytes.
+HWY_INLINE __m256i SignedQuants(const BlockQ8_0& b) { return LoadBytes(b.qs); }
+HWY_INLINE __m256i SignedQuants(const BlockQ4_0& b) {
+  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+  // Low nibbles are elements 0..15, high nibbles 16..31.
+  const __m256i nibbles = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+  return _mm256_sub_epi8(_mm256_and_si256(nibbles, _mm256_set1_epi8(0x0F)), _mm256_set1_epi8(8));
+}
+
+// Q8_0 and Q4_0 weights with Q8_0 activations. vpmaddubsw multiplies
+// unsigned by signed bytes, so the weight's sign moves onto the activation:
+// |w| * (x * sign(w)). Pair sums are at most 2 * 128 * 127 < 2^15: exact.
+template <class Block>
+struct Q8_0Kernel {
+  using TileFn = QuantTileFn;
+  template <size_t R, size_t T>
+  static HWY_NOINLINE void Tile(const uint8_t* HWY_RESTRICT w, size_t w_stride, const uint8_t* HWY_RESTRICT x,
+                                size_t x_stride, size_t nb, float* HWY_RESTRICT y, size_t ldy) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[R][T];
+    for (size_t r = 0; r < R; ++r) {
+      for (size_t t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      __m256i wq[R], wabs[R];
+      float wd[R];
+      for (size_t r = 0; r < R; ++r) {
+        const Block& blk = BlockAt<Block>(w + r * w_stride, b);
+        wq[r] = SignedQuants(blk);
+        wabs[r] = _mm256_sign_epi8(wq[r], wq[r]);
+        wd[r] = _cvtsh_ss(blk.d);
+      }
+      for (size_t t = 0; t < T; ++t) {
+        const BlockQ8_0& xb = BlockAt<BlockQ8_0>(x + t * x_stride, b);
+        const __m256i xq = LoadBytes(xb.qs);
+        const float xd = _cvtsh_ss(xb.d);
+        for (size_t r = 0; r < R; ++r) {
+          const __m256i sum = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[r], _mm256_sign_epi8(xq, wq[r])), ones);
+          acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(wd[r] * xd), _mm256_cvtepi32_ps(sum), acc[r][t]);
+        }
+      }
+    }
+    for (size_t r = 0; r < R; ++r) {
+      for (size_t t = 0; t < T; ++t) y[t * ldy + r] = HorizontalSum(acc[r][t]);
+    }
+  }
+};
+
+// Q4_K weights with Q8_K activations. Per super-block:
+//   d * xd * sum_j sc[j] * (q . xq)_j  -  dmin * xd * sum_j m[j] * sum(xq)_j
+// with quants q in [0, 15] used directly as vpmaddubsw's unsigned operand;
+// the mins term comes from the activations' 16-element sums (bsums).
+struct Q4_KKernel {
+  using TileFn = QuantTileFn;
+  template <size_t R, size_t T>
+  static HWY_NOINLINE void Tile(const uint8_t* HWY_RESTRICT w, size_t w_stride, const uint8_t* HWY_RESTRICT x,
+                                size_t x_stride, size_t nb, float* HWY_RESTRICT y, size_t ldy) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[R][T];
+    for (size_t r = 0; r < R; ++r) {
+      for (size_t t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const BlockQ4_K* blk[R];
+      __m256i scale[R][8];  // sub-block j's 6-bit scale in every int16 lane
+      __m256i mins[R];      // int16 lanes 2j and 2j+1: sub-block j's min (pairs with bsums)
+      for (size_t r = 0; r < R; ++r) {
+        blk[r] = &BlockAt<BlockQ4_K>(w + r * w_stride, b);
+        alignas(32) int16_t m16[16];
+        for (int j = 0; j < 8; ++j) {
+          uint8_t sc, m;
+          k_scale_min(j, blk[r]->scales, &sc, &m);
+          scale[r][j] = _mm256_set1_epi16(sc);
+          m16[2 * j] = m16[2 * j + 1] = m;
+        }
+        mins[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(m16));
+      }
+      __m256i sum[R][T];
+      for (size_t r = 0; r < R; ++r) {
+        for (size_t t = 0; t < T; ++t) sum[r][t] = _mm256_setzero_si256();
+      }
+      for (int c = 0; c < 4; ++c) {  // chunk of 64 values: sub-blocks 2c (low nibbles) and 2c+1 (high)
+        __m256i lo[R], hi[R];
+        for (size_t r = 0; r < R; ++r) {
+          const __m256i q = LoadBytes(blk[r]->qs + 32 * c);
+          lo[r] = _mm256_and_si256(q, low4);
+          hi[r] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+        }
+        for (size_t t = 0; t < T; ++t) {
+          const int8_t* xq = BlockAt<BlockQ8_K>(x + t * x_stride, b).qs + 64 * c;
+          const __m256i x0 = LoadBytes(xq), x1 = LoadBytes(xq + 32);
+          for (size_t r = 0; r < R; ++r) {
+            const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[r], x0), scale[r][2 * c]);
+            const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[r], x1), scale[r][2 * c + 1]);
+            sum[r][t] = _mm256_add_epi32(sum[r][t], _mm256_add_epi32(p0, p1));
+          }
+        }
+      }
+      for (size_t t = 0; t < T; ++t) {
+        const BlockQ8_K& xb = BlockAt<BlockQ8_K>(x + t * x_stride, b);
+        const __m256i bsums = LoadBytes(xb.bsums);
+        for (size_t r = 0; r < R; ++r) {
+          const __m256i min_sum = _mm256_madd_epi16(bsums, mins[r]);
+          acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(blk[r]->d) * xb.d), _mm256_cvtepi32_ps(sum[r][t]),
+                                      acc[r][t]);
+          acc[r][t] = _mm256_fnmadd_ps(_mm256_set1_ps(_cvtsh_ss(blk[r]->dmin) * xb.d), _mm256_cvtepi32_ps(min_sum),
+                                       acc[r][t]);
+        }
+      }
+    }
+    for (size_t r = 0; r < R; ++r) {
+      for (size_t t = 0; t < T; ++t) y[t * ldy + r] = HorizontalSum(acc[r][t]);
+    }
+  }
+};
+
+// Q6_K weights with Q8_K activations. Quants q in [0, 63] are vpmaddubsw's
+// unsigned operand; the offset -32 is applied once per super-block as
+// 32 * sum_g scale[g] * bsums[g]. Pair sums are at most 2 * 63 * 127 < 2^15.
+struct Q6_KKernel {
+  using TileFn = QuantTileFn;
+  template <size_t R, size_t T>
+  static HWY_NOINLINE void Tile(const uint8_t* HWY_RESTRICT w, size_t w_stride, const uint8_t* HWY_RESTRICT x,
+                                size_t x_stride, size_t nb, float* HWY_RESTRICT y, size_t ldy) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(3);
+    __m256 acc[R][T];
+    for (size_t r = 0; r < R; ++r) {
+      for (size_t t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const BlockQ6_K* blk[R];
+      __m256i scale[R][8];  // groups 2k (int16 lanes 0-7) and 2k+1 (lanes 8-15)
+      __m256i scales16[R];  // all 16 group scales as int16
+      for (size_t r = 0; r < R; ++r) {
+        blk[r] = &BlockAt<BlockQ6_K>(w + r * w_stride, b);
+        const int8_t* sc = blk[r]->scales;
+        for (int k = 0; k < 8; ++k) scale[r][k] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]));
+        scales16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
+      }
+      __m256i sum[R][T];
+      for (size_t r = 0; r < R; ++r) {
+        for (size_t t = 0; t < T; ++t) sum[r][t] = _mm256_setzero_si256();
+      }
+      for (int h = 0; h < 2; ++h) {  // half of 128 values: 4 runs of 32 (see BlockQ6_K)
+        __m256i q[R][4];
+        for (size_t r = 0; r < R; ++r) {
+          const __m256i ql0 = LoadBytes(blk[r]->ql + 64 * h), ql1 = LoadBytes(blk[r]->ql + 64 * h + 32);
+          const __m256i qh = LoadBytes(blk[r]->qh + 32 * h);
+          const auto high2 = [&](int shift) {
+            return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, shift), low2), 4);
+          };
+          q[r][0] = _mm256_or_si256(_mm256_and_si256(ql0, low4), high2(0));
+          q[r][1] = _mm256_or_si256(_mm256_and_si256(ql1, low4), high2(2));
+          q[r][2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), high2(4));
+          q[r][3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4), high2(6));
+        }
+        for (size_t t = 0; t < T; ++t) {
+          const int8_t* xq = BlockAt<BlockQ8_K>(x + t * x_stride, b).qs + 128 * h;
+          for (int k = 0; k < 4; ++k) {
+            const __m256i xv = LoadBytes(xq + 32 * k);
+            for (size_t r = 0; r < R; ++r) {
+              const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[r][k], xv), scale[r][4 * h + k]);
+              sum[r][t] = _mm256_add_epi32(sum[r][t], p);
+            }
+          }
+        }
+      }
+      for (size_t t = 0; t < T; ++t) {
+        const BlockQ8_K& xb = BlockAt<BlockQ8_K>(x + t * x_stride, b);
+        const __m256i bsums = LoadBytes(xb.bsums);
+        for (size_t r = 0; r < R; ++r) {
+          const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16[r]), 5);
+          const __m256i total = _mm256_sub_epi32(sum[r][t], offset);
+          acc[r][t] =
+              _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(blk[r]->d) * xb.d), _mm256_cvtepi32_ps(total), acc[r][t]);
+        }
+      }
+    }
+    for (size_t r = 0; r < R; ++r) {
+      for (size_t t = 0; t < T; ++t) y[t * ldy + r] = HorizontalSum(acc[r][t]);
+    }
+  }
+};
+
+#if ENGRAM_GEMM_AVX512
+
+HWY_INLINE __m512i Concat(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
+
+// Lanes 0-7 = lo, 8-15 = hi.
+HWY_INLINE __m512 ConcatScales(float lo, float hi) {
+  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(lo)), _mm256_set1_ps(hi), 1);
+}
+
+// Q8_0Kernel with blocks b and b+1 in the low and high halves of one vector
+// (an odd last block alone, the high half zero). AVX-512 has no vpsignb:
+// the activation is negated under the mask of the weight's negative bytes.
+template <class Block>
+struct Q8_0Kernel512 {
+  using TileFn = QuantTileFn;
+  template <size_t R, size_t T>
+  static HWY_NOINLINE void Tile(const uint8_t* HWY_RESTRICT w, size_t w_stride, const uint8_t* HWY_RESTRICT x,
+                                size_t x_stride, size_t nb, float* HWY_RESTRICT y, size_t ldy) {
+    const __m512i ones = _mm512_set1_epi16(1);
+    __m512 acc[R][T];
+    for (size_t r = 0; r < R; ++r) {
+      for (size_t t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+    }
+    for (size_t b = 0; b < nb; b += 2) {
+      const bool pair = b + 1 < nb;
+      __m512i wabs[R];
+      __mmask64 wneg[R];
+      __m512 wd[R];
+      for (size_t r = 0; r < R; ++r) {
+        const Block* blk = &BlockAt<Block>(w + r * w_stride, b);
+        const __m512i wq = pair ? Concat(SignedQuants(blk[0]), SignedQuants(blk[1]))
+                                : _mm512_zextsi256_si512(SignedQuants(blk[0]));
+        wabs[r] = _mm512_abs_epi8(wq);
+        wneg[r] = _mm512_movepi8_mask(wq);
+        wd[r] = ConcatScales(_cvtsh_ss(blk[0].d), pair ? _cvtsh_ss(blk[1].d) : 0.0f);
+      }
+      for (size_t t = 0; t < T; ++t) {
+        const BlockQ8_0* xb = &BlockAt<BlockQ8_0>(x + t * x_stride, b);
+        const __m512i xq = pair ? Concat(LoadBytes(xb[0].qs), LoadBytes(xb[1].qs))
+                                : _mm512_zextsi256_si512(LoadBytes(xb[0].qs));
+        const __m512 xd = ConcatScales(_cvtsh_ss(xb[0].d), pair ? _cvtsh_ss(xb[1].d) : 0.0f);
+        for (size_t r = 0; r < R; ++r) {
+          const __m512i xs = _mm512_mask_sub_epi8(xq, wneg[r], _mm512_setzero_si512(), xq);
+          const __m512i sum = _mm512_madd_epi16(_mm512_maddubs_epi16(wabs[r], xs), ones);
+          acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(wd[r], xd), _mm512_cvtepi32_ps(sum), acc[r][t]);
+        }
+      }
+    }
+    for (size_t r = 0; r < R; ++r) {
+      for (size_t t = 0; t < T; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+    }
+  }
+};
+
+// Q4_KKernel with sub-blocks 2c and 2c+1 (64 consecutive activations) in
+// one vector.
+struct Q4_KKernel512 {
+  using TileFn = QuantTileFn;
+  template <size_t R, size_t T>
+  static HWY_NOINLINE void Tile(const uint8_t* HWY_RESTRICT w, size_t w_stride, const uint8_t* HWY_RESTRICT x,
+                                size_t x_stride, size_t nb, float* HWY_RESTRICT y, size_t ldy) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    __m512 acc[R][T];
+    for (size_t r = 0; r < R; ++r) {
+      for (size_t t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const BlockQ4_K* blk[R];
+      __m512i scale[R][4];  // int16 lanes 0-15: sub-block 2c's scale, 16-31: 2c+1's
+      __m256i mins[R];      // int16 lanes 2j and 2j+1: sub-block j's min (pairs with bsums)
+      for (size_t r = 0; r < R; ++r) {
+        blk[r] = &BlockAt<BlockQ4_K>(w + r * w_stride, b);
+        alignas(32) int16_t m16[16];
+        uint8_t sc[8];
+        for (int j = 0; j < 8; ++j) {
+          uint8_t m;
+          k_scale_min(j, blk[r]->scales, &sc[j], &m);
+          m16[2 * j] = m16[2 * j + 1] = m;
+        }
+        for (int c = 0; c < 4; ++c) scale[r][c] = Concat(_mm256_set1_epi16(sc[2 * c]), _mm256_set1_epi16(sc[2 * c + 1]));
+        mins[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(m16));
+      }
+      __m512i sum[R][T];
+      for (size_t r = 0; r < R; ++r) {
+        for (size_t t = 0; t < T; ++t) sum[r][t] = _mm512_setzero_si512();
+      }
+      for (int c = 0; c < 4; ++c) {
+        __m512i q[R];
+        for (size_t r = 0; r < R; ++r) {
+          const __m256i packed = LoadBytes(blk[r]->qs + 32 * c);
+          q[r] = Concat(_mm256_and_si256(packed, low4), _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4));
+        }
+        for (size_t t = 0; t < T; ++t) {
+          const __m512i xv = _mm512_loadu_si512(BlockAt<BlockQ8_K>(x + t * x_stride, b).qs + 64 * c);
+          for (size_t r = 0; r < R; ++r) {
+            sum[r][t] = _mm512_add_epi32(sum[r][t], _mm512_madd_epi16(_mm512_maddubs_epi16(q[r], xv), scale[r][c]));
+          }
+        }
+      }
+      for (size_t t = 0; t < T; ++t) {
+        const BlockQ8_K& xb = BlockAt<BlockQ8_K>(x + t * x_stride, b);
+        const __m256i bsums = LoadBytes(xb.bsums);
+        for (size_t r = 0; r < R; ++r) {
+          const __m512i min_sum = _mm512_zextsi256_si512(_mm256_madd_epi16(bsums, mins[r]));
+          acc[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(blk[r]->d) * xb.d), _mm512_cvtepi32_ps(sum[r][t]),
+                                      acc[r][t]);
+          acc[r][t] = _mm512_fnmadd_ps(_mm512_set1_ps(_cvtsh_ss(blk[r]->dmin) * xb.d), _mm512_cvtepi32_ps(min_sum),
+                                       acc[r][t]);
+        }
+      }
+    }
+    for (size_t r = 0; r < R; ++r) {
+      for (size_t t = 0; t < T; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+    }
+  }
+};
+
+// Q6_KKernel with two runs of 32 (64 consecutive activations, four groups
+// of 16) in one vector.
+struct Q6_KKernel512 {
+  using TileFn = QuantTileFn;
+  template <size_t R, size_t T>
+  static HWY_NOINLINE void Tile(const uint8_t* HWY_RESTRICT w, size_t w_stride, const uint8_t* HWY_RESTRICT x,
+                                size_t x_stride, size_t nb, float* HWY_RESTRICT y, size_t ldy) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(3);
+    // Index i of quarter k picks group scale 4k + i / 8 (8 int16 lanes per group of 16 values).
+    __m512i pick[4];
+    for (int k = 0; k < 4; ++k) {
+      alignas(64) int16_t idx[32];
+      for (int i = 0; i < 32; ++i) idx[i] = static_cast<int16_t>(4 * k + i / 8);
+      pick[k] = _mm512_load_si512(idx);
+    }
+    __m512 acc[R][T];
+    for (size_t r = 0; r < R; ++r) {
+      for (size_t t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const BlockQ6_K* blk[R];
+      __m512i scale[R][4];  // values 64k .. 64k+63: their four group scales, 8 int16 lanes each
+      __m256i scales16[R];  // all 16 group scales as int16
+      for (size_t r = 0; r < R; ++r) {
+        blk[r] = &BlockAt<BlockQ6_K>(w + r * w_stride, b);
+        scales16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[r]->scales)));
+        const __m512i all = _mm512_castsi256_si512(scales16[r]);
+        for (int k = 0; k < 4; ++k) scale[r][k] = _mm512_permutexvar_epi16(pick[k], all);
+      }
+      __m512i sum[R][T];
+      for (size_t r = 0; r < R; ++r) {
+        for (size_t t = 0; t < T; ++t) sum[r][t] = _mm512_setzero_si512();
+      }
+      for (int h = 0; h < 2; ++h) {
+        __m512i q[R][2];  // values 128h + 0..63 and 128h + 64..127
+        for (size_t r = 0; r < R; ++r) {
+          const __m256i ql0 = LoadBytes(blk[r]->ql + 64 * h), ql1 = LoadBytes(blk[r]->ql + 64 * h + 32);
+          const __m256i qh = LoadBytes(blk[r]->qh + 32 * h);
+          const auto high2 = [&](int shift) {
+            return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, shift), low2), 4);
+          };
+          q[r][0] = Concat(_mm256_or_si256(_mm256_and_si256(ql0, low4), high2(0)),
+                           _mm256_or_si256(_mm256_and_si256(ql1, low4), high2(2)));
+          q[r][1] = Concat(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), high2(4)),
+                           _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4), high2(6)));
+        }
+        for (size_t t = 0; t < T; ++t) {
+          const int8_t* xq = BlockAt<BlockQ8_K>(x + t * x_stride, b).qs + 128 * h;
+          const __m512i x0 = _mm512_loadu_si512(xq), x1 = _mm512_loadu_si512(xq + 64);
+          for (size_t r = 0; r < R; ++r) {
+            const __m512i p0 = _mm512_madd_epi16(_mm512_maddubs_epi16(q[r][0], x0), scale[r][2 * h]);
+            const __m512i p1 = _mm512_madd_epi16(_mm512_maddubs_epi16(q[r][1], x1), scale[r][2 * h + 1]);
+            sum[r][t] = _mm512_add_epi32(sum[r][t], _mm512_add_epi32(p0, p1));
+          }
+        }
+      }
+      for (size_t t = 0; t < T; ++t) {
+        const BlockQ8_K& xb = BlockAt<BlockQ8_K>(x + t * x_stride, b);
+        const __m256i bsums = LoadBytes(xb.bsums);
+        for (size_t r = 0; r < R; ++r) {
+          const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16[r]), 5);
+          const __m512i total = _mm512_sub_epi32(sum[r][t], _mm512_zextsi256_si512(offset));
+          acc[r][t] =
+              _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(blk[r]->d) * xb.d), _mm512_cvtepi32_ps(total), acc[r][t]);
+        }
+      }
+    }
+    for (size_t r = 0; r < R; ++r) {
+      for (size_t t = 0; t < T; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+    }
+  }
+};
+
+template <class Block>
+using Q8_0Best = Q8_0Kernel512<Block>;
+using Q4_KBest = Q4_KKernel512;
+using Q6_KBest = Q6_KKernel512;
+#else
+template <class Block>
+using Q8_0Best = Q8_0Kernel<Block>;
+using Q4_KBest = Q4_KKernel;
+using Q6_KBest = Q6_KKernel;
+#endif  // ENGRAM_GEMM_AVX512
+
+template <class Kernel>
+void QuantTiles(const uint8_t* w, size_t w_stride, size_t n_rows, const uint8_t* x, size_t x_stride, size_t n_tokens,
+                size_t nb, float* y, size_t ldy) {
+  constexpr size_t R = kQuantRows, T = kQuantTokens;
+  static constexpr auto kTiles = MakeTileTable<Kernel, R, T>(std::make_index_sequence<R * T>());
+  ForEachTile<R, T>(n_rows, n_tokens, [&](size_t r0, size_t nr, size_t t0, size_t nt) {
+    kTiles[(nr - 1) * T + nt - 1](w + r0 * w_stride, w_stride, x + t0 * x_stride, x_stride, nb, y + t0 * ldy + r0, ldy);
+  });
+}
+
+#endif  // ENGRAM_GEMM_AVX2
+
+// y[t * ldy + r] = dot_row_q8(type, row r, activations t) for r < n_rows,
+// t < n_tokens; rows w_stride bytes apart, activation rows x_stride bytes
+// apart (quantize_activations output). False where this target has no
+// integer micro-kernels: the caller then computes the tile itself.
+bool GemmQ8Impl(GgmlType type, const uint8_t* w, size_t w_stride, size_t n_rows, const uint8_t* x, size_t x_stride,
+                size_t n_tokens, size_t n_in, float* y, size_t ldy) {
+#if ENGRAM_GEMM_AVX2
+  switch (type) {
+    case GgmlType::Q8_0:
+      QuantTiles<Q8_0Best<BlockQ8_0>>(w, w_stride, n_rows, x, x_stride, n_tokens, n_in / kQK, y, ldy);
+      return true;
+    case GgmlType::Q4_0:
+      QuantTiles<Q8_0Best<BlockQ4_0>>(w, w_stride, n_rows, x, x_stride, n_tokens, n_in / kQK, y, ldy);
+      return true;
+    case GgmlType::Q4_K:
+      QuantTiles<Q4_KBest>(w, w_stride, n_rows, x, x_stride, n_tokens, n_in / kQK_K, y, ldy);
+      return true;
+    case GgmlType::Q6_K:
+      QuantTiles<Q6_KBest>(w, w_stride, n_rows, x, x_stride, n_tokens, n_in / kQK_K, y, ldy);
+      return true;
+    default:
+      return false;
+  }
+#else
+  (void)type, (void)w, (void)w_stride, (void)n_rows, (void)x, (void)x_stride, (void)n_tokens, (void)n_in, (void)y,
+      (void)ldy;
+  return false;
+#endif
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace engram::kernels
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+
+namespace engram::kernels {
+
+HWY_EXPORT(GemmF32Impl);
+HWY_EXPORT(GemmQ8Impl);
+
+namespace {
+
+// Weight bytes of one panel: the rows a thread multiplies with every token
+// tile before moving on. Small enough for L1 next to a tile of activations.
+constexpr size_t kPanelBytes = 32 * 1024;
+// Rows per parallel_for grain: a multiple of every tile height, so threads
+// split on tile boundaries and rarely share a cache line of y.
+constexpr size_t kRowGrain = 16;
+
+size_t panel_rows(size_t bytes_per_row) {
+  const size_t rows = kPanelBytes / std::max<size_t>(bytes_per_row, 1) / 4 * 4;
+  return std::clamp<size_t>(rows, 4, 256);
+}
+
+void gemm_quantized(const TensorView& W, const float* x, float* y, size_t nt, ThreadPool& pool) {
+  const int64_t n_in = W.ne[0];
+  const size_t no = static_cast<size_t>(W.ne[1]);
+  const size_t row_size = W.row_size();
+  const GgmlType act = activation_type(W.type, n_in);
+  const size_t xq_row = *row_bytes(act, n_in);
+  std::vector<uint8_t> xq(nt * xq_row);  // [n_tokens] rows of Q8_0 / Q8_K blocks
+  pool.parallel_for(nt, [&](size_t begin, size_t end, int) {
+    for (size_t t = begin; t < end; ++t) {
+      const float* xt = x + t * static_cast<size_t>(n_in);
+      quantize_activations(W.type, xt, xq.data() + t * xq_row, n_in);
+    }
+  });
+  const auto* base = static_cast<const uint8_t*>(W.data);
+  const size_t panel = panel_rows(row_size);
+  pool.parallel_for(no, [&](size_t begin, size_t end, int) {
+    for (size_t o0 = begin; o0 < end; o0 += panel) {
+      const size_t rows = std::min(panel, end - o0);
+      const uint8_t* w = base + o0 * row_size;
+      if (HWY_DYNAMIC_DISPATCH(GemmQ8Impl)(W.type, w, row_size, rows, xq.data(), xq_row, nt,
+                                           static_cast<size_t>(n_in), y + o0, no)) {
+        continue;
+      }
+      for (size_t t = 0; t < nt; ++t) {
+        for (size_t r = 0; r < rows; ++r) y[t * no + o0 + r] = dot_row_q8(W.type, w + r * row_size, xq.data() + t * xq_row, n_in);
+      }
+    }
+  }, kRowGrain);
+}
+
+void gemm_float(const TensorView& W, const float* x, float* y, size_t nt, ThreadPool& pool) {
+  const size_t ni = static_cast<size_t>(W.ne[0]);
+  const size_t no = static_cast<size_t>(W.ne[1]);
+  const bool in_place = W.type == GgmlType::F32;
+  // A panel spans the whole row; the micro-kernels walk it in chunks of
+  // kChunk floats, so size the panel by the chunk's bytes.
+  const size_t panel = panel_rows(std::min<size_t>(ni, 512) * sizeof(float));
+  pool.parallel_for(no, [&](size_t begin, size_t end, int) {
+    std::vector<float> scratch(in_place ? 0 : std::min(panel, end - begin) * ni);
+    for (size_t o0 = begin; o0 < end; o0 += panel) {
+      const size_t rows = std::min(panel, end - o0);
+      const float* w = static_cast<const float*>(W.data) + o0 * ni;
+      if (!in_place) {  // F16 / BF16: widened once, used by every token
+        for (size_t r = 0; r < rows; ++r) get_row(W, static_cast<int64_t>(o0 + r), scratch.data() + r * ni);
+        w = scratch.data();
+      }
+      HWY_DYNAMIC_DISPATCH(GemmF32Impl)(w, ni, rows, x, ni, nt, ni, y + o0, no);
+    }
+  }, kRowGrain);
+}
+
+}  // namespace
+
+bool gemm_supports(GgmlType type, int64_t n_in) {
+  switch (type) {
+    case GgmlType::F32:
+    case GgmlType::F16:
+    case GgmlType::BF16:
+      return n_in > 0;
+    case GgmlType::Q8_0:
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_K:
+    case GgmlType::Q6_K:
+      return activation_type(type, n_in) != GgmlType::F32;
+    default:
+      return false;
+  }
+}
+
+void gemm(const TensorView& W, const float* x, float* y, int n_tokens, ThreadPool& pool) {
+  if (n_tokens <= 0 || W.ne[1] <= 0) return;
+  const size_t nt = static_cast<size_t>(n_tokens);
+  if (activation_type(W.type, W.ne[0]) != GgmlType::F32) {
+    gemm_quantized(W, x, y, nt, pool);
+  } else {
+    gemm_float(W, x, y, nt, pool);
+  }
+}
+
+}  // namespace engram::kernels
+
+#endif  // HWY_ONCE
+
+#pragma GCC diagnostic pop

@@ -1,0 +1,36 @@
+// Cache-blocked matrix multiplication for many tokens at once (prompt
+// processing). kernels::matmul routes here when n_tokens >= kGemmMinTokens
+// and gemm_supports(W.type, n_in).
+//
+// Where the per-row path reads every activation row once per weight row, a
+// GEMM micro-kernel computes a tile of R weight rows x T tokens together with
+// the R*T accumulators in registers, so each weight block loaded is used for
+// T tokens and each activation block for R rows. Output rows are split across
+// the pool in panels; a panel's weights stay in L1/L2 while every token tile
+// streams past them.
+//
+// Results are those of the per-row path up to float rounding: quantized
+// weights use the same activations (quantize_activations) and the same exact
+// integer block sums, scaled and summed in float.
+#pragma once
+
+#include <cstdint>
+
+#include "tensor/tensor.h"
+#include "util/thread_pool.h"
+
+namespace engram::kernels {
+
+// Fewest tokens for which matmul uses gemm: below this the tiles are mostly
+// empty and the per-row path is as fast.
+constexpr int kGemmMinTokens = 8;
+
+// Whether gemm handles weights of `type` with rows of n_in elements: F32, F16
+// and BF16 always; Q8_0, Q4_0, Q4_K and Q6_K when their activations are
+// quantized (activation_type(type, n_in) != F32).
+bool gemm_supports(GgmlType type, int64_t n_in);
+
+// Same contract as matmul (any n_tokens >= 1); requires gemm_supports.
+void gemm(const TensorView& W, const float* x, float* y, int n_tokens, ThreadPool& pool);
+
+}  // namespace engram::kernels
