@@ -24,41 +24,22 @@
 #include "kernels/for_each_target.h"
 #include "kernels/kernels.h"
 #include "kernels/kernels_ref.h"
+#include "kernels/test_weights.h"
 #include "quant/blocks.h"
 #include "quant/quant.h"
 
 namespace engram::kernels {
 namespace {
 
+using test::random_floats;
+using test::Weights;
+
 constexpr double kU = 1.0 / (1 << 24);  // unit roundoff of float
 
 const GgmlType kTypes[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q8_0,
                            GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K};
 
-std::vector<float> random_floats(size_t n, float lo, float hi, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& f : v) f = dist(rng);
-  return v;
-}
 
-struct Weights {
-  GgmlType type;
-  int64_t n_in, n_out;
-  std::vector<uint8_t> bytes;
-
-  TensorView view() const {
-    TensorView W;
-    W.type = type;
-    W.ne = {n_in, n_out, 1, 1};
-    W.n_dims = 2;
-    W.data = bytes.data();
-    W.name = "gemm_test.weight";
-    return W;
-  }
-  const uint8_t* row(int64_t o) const { return bytes.data() + static_cast<size_t>(o) * *row_bytes(type, n_in); }
-};
 
 Weights make_weights(GgmlType type, int64_t n_in, int64_t n_out, uint32_t seed) {
   Weights w{type, n_in, n_out, std::vector<uint8_t>(*row_bytes(type, n_in) * static_cast<size_t>(n_out))};

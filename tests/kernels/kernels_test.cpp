@@ -32,23 +32,20 @@
 
 #include "kernels/for_each_target.h"
 #include "kernels/kernels_ref.h"
+#include "kernels/test_weights.h"
 #include "quant/blocks.h"
 #include "quant/quant.h"
 
 namespace engram::kernels {
 namespace {
 
+using test::random_floats;
+using test::Weights;
+
 constexpr float kU = 1.0f / (1 << 24);  // unit roundoff of float
 const size_t kSizes[] = {0, 1, 3, 17, 64, 1000, 4099};
 
 
-std::vector<float> random_floats(size_t n, float lo, float hi, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& f : v) f = dist(rng);
-  return v;
-}
 
 // Finite halves with magnitudes in [2^-14 .. 4), random mantissas, and a few
 // subnormals, as raw bits (independent of any float->half conversion).
@@ -379,22 +376,6 @@ TEST(Kernels, SiluMulSaturatesWithoutOverflow) {
 
 // ---- dot_row / matmul / get_row over storage types ----
 
-// A weight matrix [n_out rows of n_in] of `type`, built from random floats.
-struct Weights {
-  GgmlType type;
-  int64_t n_in, n_out;
-  std::vector<uint8_t> bytes;
-
-  TensorView view() const {
-    TensorView W;
-    W.type = type;
-    W.ne = {n_in, n_out, 1, 1};
-    W.n_dims = 2;
-    W.data = bytes.data();
-    W.name = "test.weight";
-    return W;
-  }
-};
 
 Weights make_weights(GgmlType type, int64_t n_in, int64_t n_out, uint32_t seed) {
   Weights w{type, n_in, n_out, {}};
