@@ -167,15 +167,15 @@ int run(DemoOptions& o) {
   const uint64_t memory_bytes = session.memory().bytes_used();
 
   const int64_t doc_end = session.n_past();
-  int recalled = 0, steps = 0;
-  double decode_seconds = 0;
+  int recalled = 0, steps = 0, question_tokens = 0;
+  double decode_seconds = 0, question_seconds = 0;  // generation steps; the questions' prompt tokens
   for (const Fact& f : facts) {
     const std::vector<TokenId> question = encode_continuation(tok, fill_template(templates.question, f.key, ""));
     const auto t0 = Clock::now();
     st = session.decode(question, o.n_batch);
     if (!st.is_ok()) return fail(st.message());
-    decode_seconds += seconds_since(t0);  // the question's tokens count as decoding
-    steps += static_cast<int>(question.size());
+    question_seconds += seconds_since(t0);
+    question_tokens += static_cast<int>(question.size());
     auto text = answer(session, 4, &decode_seconds, &steps);
     if (!text) return fail(text.error().message);
     const bool ok = niah_correct(*text, std::to_string(f.value));
@@ -188,8 +188,10 @@ int run(DemoOptions& o) {
   }
 
   std::printf("recalled %d of %d facts from a %zu-token document\n", recalled, o.facts, doc.size());
-  std::printf("reading: %.1f s, %.0f tokens/s | answering: %.1f ms per token | threads: %d\n", prefill_seconds,
-              static_cast<double>(doc.size()) / std::max(prefill_seconds, 1e-9),
+  std::printf("reading: %.1f s, %.0f tokens/s | questions: %.1f ms per token | answers: %.1f ms per token | "
+              "threads: %d\n",
+              prefill_seconds, static_cast<double>(doc.size()) / std::max(prefill_seconds, 1e-9),
+              question_tokens ? 1000.0 * question_seconds / question_tokens : 0.0,
               steps ? 1000.0 * decode_seconds / steps : 0.0, pool.size());
   std::printf("attention memory: %.1f MiB (%.0f bytes per token; dense f32 KV would need %zu) | peak RSS: %.1f MiB\n",
               static_cast<double>(memory_bytes) / (1 << 20),

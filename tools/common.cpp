@@ -104,6 +104,14 @@ void add_memory_options(CLI::App* app, MemoryFlags& f, const std::string& kind_h
                   "(engram)")
       ->check(CLI::Range(0, 1 << 30))
       ->capture_default_str();
+  app->add_option("--rescan-every", f.options.rescan_interval,
+                  "Decode steps per full scan of the key index; the steps between score only the blocks the last "
+                  "scan ranked best (--rescan-keep) and new ones; 0 = every step (engram)")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
+  app->add_option("--rescan-keep", f.options.rescan_keep, "Blocks per KV head a full scan keeps for --rescan-every")
+      ->check(CLI::Range(1, 1 << 30))
+      ->capture_default_str();
   app->add_option("--memory-budget", f.budget,
                   "RAM cap of the attention memory, e.g. 2GiB; older blocks spill to a file (engram; default: no cap)");
   app->add_option("--kv-compression", f.compression, "Storage of retrievable blocks: f32, fp16 or int8 (engram)")

@@ -40,13 +40,27 @@ float block_score_bound(const float* q, const float* kmin, const float* kmax, in
   return s;
 }
 
+// One pass with a heap of the best top_k so far (its root the worst of
+// them): at a million tokens a decode step ranks ~16K blocks per KV head,
+// and almost every score fails the single comparison with the root.
 std::vector<int> top_k_indices(const std::vector<float>& scores, int top_k) {
-  std::vector<int> idx(scores.size());
+  const int n = static_cast<int>(scores.size());
+  std::vector<int> idx;
+  if (top_k >= n) {
+    idx.resize(static_cast<size_t>(n));
+    std::iota(idx.begin(), idx.end(), 0);
+    return idx;
+  }
+  if (top_k <= 0) return idx;
+  const auto better = [&](int a, int b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); };
+  idx.resize(static_cast<size_t>(top_k));
   std::iota(idx.begin(), idx.end(), 0);
-  if (top_k < static_cast<int>(idx.size())) {
-    const auto better = [&](int a, int b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); };
-    std::nth_element(idx.begin(), idx.begin() + std::max(top_k, 0), idx.end(), better);
-    idx.resize(static_cast<size_t>(std::max(top_k, 0)));
+  std::make_heap(idx.begin(), idx.end(), better);
+  for (int i = top_k; i < n; ++i) {
+    if (!better(i, idx.front())) continue;
+    std::pop_heap(idx.begin(), idx.end(), better);
+    idx.back() = i;
+    std::push_heap(idx.begin(), idx.end(), better);
   }
   std::sort(idx.begin(), idx.end());
   return idx;
@@ -73,6 +87,12 @@ struct EngramMemory::Cell {
   // remapping), for exact scoring of single queries. Always in RAM, like
   // the summaries.
   KeyIndex index;
+  // options.rescan_interval: what the last full scan of the index kept, per
+  // KV head [n_kv_head][<= rescan_keep] block ids, the blocks that existed
+  // then, and the single queries served since (0: scan in full next).
+  std::vector<std::vector<int>> kept;
+  int64_t kept_blocks = 0;
+  int scan_age = 0;
 
   int64_t n_sink() const { return std::min(n_stored, sinks); }
   int64_t sinks = 0;  // the options' sink count
@@ -470,6 +490,7 @@ void EngramMemory::truncate(Cell& c, int64_t p0) {
     c.tail_v = std::move(tv);
   }
   c.n_stored = p0;
+  c.scan_age = 0;  // the kept blocks may be gone
 }
 
 void EngramMemory::remove(int seq, int64_t p0, int64_t p1) {
@@ -577,7 +598,7 @@ std::vector<int> EngramMemory::select_by_candidates(const Cell& c, int g, const 
   return sel;
 }
 
-void EngramMemory::select_blocks(const Cell& c, int layer, int64_t pos0, int64_t n_q, int n_head, const float* q,
+void EngramMemory::select_blocks(Cell& c, int layer, int64_t pos0, int64_t n_q, int n_head, const float* q,
                                  ThreadPool& pool) {
   const int H = layout_.n_kv_head, kd = layout_.k_dim, group = n_head / H;
   const int64_t nb = static_cast<int64_t>(c.units.size()) / std::max(H, 1);
@@ -592,6 +613,13 @@ void EngramMemory::select_blocks(const Cell& c, int layer, int64_t pos0, int64_t
       options_.rotate_keys(q_moved.data() + static_cast<size_t>(i) * n_head * kd, n_head, -(pos0 + i));
     q = q_moved.data();
   }
+  // Full scans kept for the single queries that follow (rescan_interval).
+  const bool chain = exact && n_q == 1 && options_.rescan_interval > 1 && nb > options_.top_k;
+  const bool reuse = chain && generating_ && c.scan_age > 0 && c.scan_age < options_.rescan_interval &&
+                     c.kept_blocks <= nb && c.kept.size() == static_cast<size_t>(H);
+  const bool keep = chain && !reuse;
+  if (!chain) c.scan_age = 0;  // a prompt chunk: the next single query scans in full
+  if (keep) c.kept.assign(static_cast<size_t>(H), {});
   std::vector<float> qset, scores(static_cast<size_t>(nb));
   for (int g = 0; g < H; ++g) {
     std::vector<int>& sel = selection_[static_cast<size_t>(layer) * H + g];
@@ -616,8 +644,12 @@ void EngramMemory::select_blocks(const Cell& c, int layer, int64_t pos0, int64_t
                         qset.data() + static_cast<size_t>(h) * kd, static_cast<size_t>(kd));
     }
     const size_t n_vec = qset.size() / static_cast<size_t>(kd);
+    if (reuse) {
+      sel = select_from_kept(c, g, qset.data(), n_vec, nb, pool);
+      continue;
+    }
     const int n_cand = options_.index_candidates;
-    if (exact && n_cand > 0 && nb > n_cand) {
+    if (exact && n_cand > 0 && nb > n_cand && !keep) {
       sel = select_by_candidates(c, g, qset.data(), n_vec, scores, pool);
       continue;
     }
@@ -626,7 +658,30 @@ void EngramMemory::select_blocks(const Cell& c, int layer, int64_t pos0, int64_t
       for (size_t b = b0; b < b1; ++b) scores[b] = score_block(c, static_cast<int64_t>(b), g, qset.data(), n_vec, exact, n_sub);
     }, 64);
     sel = top_k_indices(scores, options_.top_k);
+    if (keep) c.kept[static_cast<size_t>(g)] = top_k_indices(scores, options_.rescan_keep);
   }
+  if (keep) {
+    c.kept_blocks = nb;
+    c.scan_age = 1;
+  } else if (reuse) {
+    ++c.scan_age;
+  }
+}
+
+// A single query between full scans (options.rescan_interval): the blocks
+// the last scan kept, and those formed since, scored exactly.
+std::vector<int> EngramMemory::select_from_kept(const Cell& c, int g, const float* qset, size_t n_vec, int64_t nb,
+                                                ThreadPool& pool) const {
+  std::vector<int> cand = c.kept[static_cast<size_t>(g)];
+  for (int64_t b = c.kept_blocks; b < nb; ++b) cand.push_back(static_cast<int>(b));
+  std::vector<float> cand_scores(cand.size());
+  pool.parallel_for(cand.size(), [&](size_t i0, size_t i1, int) {
+    for (size_t i = i0; i < i1; ++i) cand_scores[i] = score_block(c, cand[i], g, qset, n_vec, /*exact=*/true, 0);
+  }, 32);
+  std::vector<int> sel;
+  for (int i : top_k_indices(cand_scores, options_.top_k)) sel.push_back(cand[static_cast<size_t>(i)]);
+  std::sort(sel.begin(), sel.end());
+  return sel;
 }
 
 void EngramMemory::attend(int layer, int seq, int64_t pos0, int n, int n_head, const float* q, float* out, float scale,
@@ -638,7 +693,7 @@ void EngramMemory::attend(int layer, int seq, int64_t pos0, int n, int n_head, c
     std::memset(out, 0, out_floats * sizeof(float));  // misuse: defined output, no crash
     return;
   }
-  const Cell& c = cell(layer, seq);
+  Cell& c = cell(layer, seq);
   const int group = n_head / H;
 
   // 1. Retrieval, and the selected units made resident (the only I/O).

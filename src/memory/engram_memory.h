@@ -110,6 +110,7 @@ class EngramMemory final : public Memory {
   Status load(const std::string& path) override;
   size_t bytes_used() const override;
   int exact_tail() const override { return mode_ == Mode::ENGRAM ? options_.exact_tail : 0; }
+  void set_generating(bool generating) override { generating_ = generating; }
   Status last_error() const override { return last_error_; }
 
   // Inspection (tests, benchmarks).
@@ -139,10 +140,12 @@ class EngramMemory final : public Memory {
   Cell fresh_cell() const;
   void release_cell(Cell& c);
   void update_capacity();
-  void select_blocks(const Cell& c, int layer, int64_t pos0, int64_t n_q, int n_head, const float* q,
+  void select_blocks(Cell& c, int layer, int64_t pos0, int64_t n_q, int n_head, const float* q,
                      ThreadPool& pool);
   std::vector<int> select_by_candidates(const Cell& c, int g, const float* qset, size_t n_vec,
                                        std::vector<float>& scores, ThreadPool& pool) const;
+  std::vector<int> select_from_kept(const Cell& c, int g, const float* qset, size_t n_vec, int64_t nb,
+                                   ThreadPool& pool) const;
   float score_block(const Cell& c, int64_t b, int g, const float* qset, size_t n_vec, bool exact, int n_sub) const;
   int n_sub_blocks() const;       // sub-block bounds per block summary
   bool exact_index() const;       // summary_rows == 1: blocks' keys kept in the int8 KeyIndex
@@ -164,6 +167,7 @@ class EngramMemory final : public Memory {
   std::vector<HeadRows> head_rows_;                      // [n_kv_head] sinks and blocks, decoded and moved
   std::vector<Scratch> scratch_;                         // [pool threads]
   Status last_error_;
+  bool generating_ = false;  // set_generating: single queries may reuse the last full scan
 };
 
 }  // namespace engram

@@ -80,6 +80,12 @@ class Memory {
   // question after a long document - need retrieval by their own queries.
   virtual int exact_tail() const { return 0; }
 
+  // Whether the coming attends are generation steps (one sampled token
+  // each, Session::decode of a single token) rather than a prompt. A memory
+  // may reuse work between generation steps (engram: rescan_interval);
+  // prompt tokens always retrieve afresh.
+  virtual void set_generating(bool generating) { (void)generating; }
+
   // The first error a memory met where the interface has no way to return
   // one (attend: a block could not be read back from its spill file). The
   // memory stays usable; the failed attention wrote zeros, and append
@@ -131,6 +137,19 @@ struct EngramMemoryOptions {
   // best exactly (decode cost independent of the context beyond one pass
   // over the bounds, at the risk of missing a block whose bound ranks low).
   int index_candidates = 0;
+  // Generation steps (Memory::set_generating) share the key index's work:
+  // a single prompt query (the exact tail) and every rescan_interval-th
+  // generation step score every block exactly and keep the rescan_keep best
+  // per KV head; the generation steps between score exactly only those and
+  // the blocks formed since. The tokens of one answer attend much the same
+  // blocks as the question's last token, and the kept set is far larger
+  // than top_k. Decode cost per token becomes (full scan) / rescan_interval
+  // + rescan_keep blocks. 0 or 1: every query scans every block. Default 32
+  // (measured: same recall at 32K, 64K and 1M, answer steps at 1M 10x faster).
+  // (Measured: reusing a scan across the prompt's own tokens loses the
+  // needle; the question's later tokens retrieve what its first do not.)
+  int rescan_interval = 32;
+  int rescan_keep = 256;
   // Prompt tokens at the end of each Session::decode call that run one at a
   // time, each retrieving its own blocks (Memory::exact_tail).
   int exact_tail = 32;

@@ -44,6 +44,8 @@ Status Session::decode(std::span<const TokenId> tokens, int n_batch, std::vector
   // Without all logits (a prompt before generation), the memory's exact
   // tail runs one token per forward call.
   const int64_t tail = all_logits == nullptr ? std::clamp<int64_t>(memory_->exact_tail(), 0, n - 1) : 0;
+  // One token without all logits: a generation step (the sampled token).
+  memory_->set_generating(n == 1 && all_logits == nullptr);
   for (int64_t i = 0; i < n;) {
     const int64_t len = i < n - tail ? std::min(batch, n - tail - i) : 1;
     auto chunk = tokens.subspan(static_cast<size_t>(i), static_cast<size_t>(len));

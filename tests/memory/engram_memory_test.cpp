@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <numeric>
 #include <random>
 #include <set>
 #include <vector>
@@ -373,6 +374,7 @@ TEST(EngramRetrieval, TopKMatchesBruteForceScoring) {
 TEST(EngramRetrieval, IndexCandidatesScoreTheBestBoundsExactly) {
   const MemoryLayout l = small_layout(2000, 1);
   EngramMemoryOptions plain_o = small_options(BlockCompression::F32, /*top_k=*/5);
+  plain_o.rescan_interval = 0;  // every single query ranks by bounds, not by a kept full scan
   EngramMemoryOptions all_o = plain_o, few_o = plain_o;
   all_o.index_candidates = 1000;
   few_o.index_candidates = 12;
@@ -402,6 +404,78 @@ TEST(EngramRetrieval, IndexCandidatesScoreTheBestBoundsExactly) {
   }
 }
 
+// --rescan-every: generation steps between full scans score only the blocks
+// the last full scan kept (and blocks formed since); prompt queries always
+// scan in full.
+TEST(EngramRetrieval, GenerationStepsReuseTheLastFullScan) {
+  const MemoryLayout l = small_layout(4000, 1);
+  EngramMemoryOptions plain_o = small_options(BlockCompression::F32, /*top_k=*/3);
+  EngramMemoryOptions reuse_o = plain_o;
+  reuse_o.rescan_interval = 4;
+  reuse_o.rescan_keep = 6;
+  EngramMemory plain(l, plain_o, EngramMemory::Mode::ENGRAM), reuse(l, reuse_o, EngramMemory::Mode::ENGRAM);
+  std::mt19937 rng(12);
+  const auto dir_a = random_floats(static_cast<size_t>(l.k_dim), rng);
+  const auto dir_b = random_floats(static_cast<size_t>(l.k_dim), rng);
+  const auto dir_c = random_floats(static_cast<size_t>(l.k_dim), rng);
+  const auto query = [&](const std::vector<float>& dir) {
+    std::vector<float> q(static_cast<size_t>(kHeads) * l.k_dim);
+    for (size_t i = 0; i < q.size(); ++i) q[i] = dir[i % dir.size()];
+    return q;
+  };
+  // Random keys with one key along `dir` at position `at` (if inside).
+  const auto feed = [&](int64_t pos0, int n, int64_t at, const std::vector<float>& dir) {
+    for (int layer = 0; layer < l.n_layer; ++layer) {
+      auto k = random_floats(static_cast<size_t>(n) * l.n_kv_head * l.k_dim, rng, 0.3f);
+      auto v = random_floats(static_cast<size_t>(n) * l.n_kv_head * l.v_dim, rng);
+      if (at >= pos0 && at < pos0 + n)
+        for (int h = 0; h < l.n_kv_head; ++h)
+          for (int d = 0; d < l.k_dim; ++d)
+            k[(static_cast<size_t>(at - pos0) * l.n_kv_head + h) * l.k_dim + d] = 3.f * dir[static_cast<size_t>(d)];
+      for (EngramMemory* m : {&plain, &reuse}) ASSERT_TRUE(m->append(layer, 0, pos0, n, k.data(), v.data()).is_ok());
+    }
+  };
+  const auto block_of = [&](int64_t p) { return static_cast<int>((p - plain_o.sinks) / plain_o.block_size); };
+  const int64_t needle_b = 1234, needle_c = 2100;
+  for (int64_t pos = 0; pos < 2000; pos += 100) feed(pos, 100, needle_b, dir_b);
+  ThreadPool pool(2);
+  // Attends one query at `pos` on every layer; returns whether every KV
+  // head of `reuse` selected `block` (< 0: none planted), and checks that
+  // its selection equals the plain memory's when `same` is set.
+  const auto step = [&](int64_t pos, const std::vector<float>& dir, int block, bool same) {
+    bool all_found = true;
+    for (int layer = 0; layer < l.n_layer; ++layer) {
+      const auto q = query(dir);
+      run_attend(plain, layer, 0, pos, 1, q, pool);
+      run_attend(reuse, layer, 0, pos, 1, q, pool);
+      for (int g = 0; g < l.n_kv_head; ++g) {
+        const auto& sel = reuse.last_selection(layer, g);
+        const auto& exact = plain.last_selection(layer, g);
+        if (block >= 0) EXPECT_TRUE(std::count(exact.begin(), exact.end(), block)) << "the exact scan finds " << block;
+        if (same) EXPECT_EQ(sel, plain.last_selection(layer, g));
+        all_found = all_found && std::count(sel.begin(), sel.end(), block) > 0;
+      }
+    }
+    return all_found;
+  };
+  reuse.set_generating(false);  // the prompt's last token: a full scan, kept
+  step(2000, dir_a, -1, true);
+  reuse.set_generating(true);
+  // Scan kept for query a; query b's needle was not among a's best 6 blocks:
+  // generation steps 2..4 miss it, the 5th (a new full scan) finds it.
+  EXPECT_FALSE(step(2000, dir_b, block_of(needle_b), false));
+  EXPECT_FALSE(step(2000, dir_b, block_of(needle_b), false));
+  EXPECT_FALSE(step(2000, dir_b, block_of(needle_b), false));
+  EXPECT_TRUE(step(2000, dir_b, block_of(needle_b), true));
+  // Now kept for b: blocks formed after that scan are scored too.
+  feed(2000, 200, needle_c, dir_c);
+  feed(2200, 10, -1, dir_c);  // an append moves what left the window into blocks
+  EXPECT_TRUE(step(2210, dir_c, block_of(needle_c), false));
+  // A prompt query scans in full whatever the age.
+  reuse.set_generating(false);
+  EXPECT_TRUE(step(2210, dir_b, block_of(needle_b), true));
+}
+
 TEST(EngramRetrieval, BoundIsAnUpperBoundOfEveryKeyInTheBlock) {
   std::mt19937 rng(3);
   const int kd = 16, B = 32;
@@ -423,6 +497,24 @@ TEST(EngramRetrieval, BoundIsAnUpperBoundOfEveryKeyInTheBlock) {
   }
   EXPECT_EQ(top_k_indices({0.5f, 3.f, 1.f, 3.f, -2.f}, 2), (std::vector<int>{1, 3}));
   EXPECT_EQ(top_k_indices({0.5f, 3.f}, 5), (std::vector<int>{0, 1}));
+}
+
+// The heap selection against a full sort, with many ties (scores from a
+// few values) so that the lower-index rule matters.
+TEST(EngramRetrieval, TopKMatchesAFullSort) {
+  std::mt19937 rng(9);
+  for (int n : {0, 1, 7, 100, 5000}) {
+    for (int k : {0, 1, 3, 64, 6000}) {
+      std::vector<float> scores(static_cast<size_t>(n));
+      for (auto& x : scores) x = static_cast<float>(rng() % 50);
+      std::vector<int> order(static_cast<size_t>(n));
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return scores[a] > scores[b]; });
+      order.resize(static_cast<size_t>(std::clamp(k, 0, n)));
+      std::sort(order.begin(), order.end());
+      EXPECT_EQ(top_k_indices(scores, k), order) << "n " << n << " k " << k;
+    }
+  }
 }
 
 // ------------------------------------------------------------ attention
