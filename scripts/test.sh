@@ -25,7 +25,10 @@ step "server tests with the openai npm client"
 bash scripts/test-js.sh build/engram
 
 step "ASan+UBSan build"
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENGRAM_SANITIZE=ON >/dev/null
+# -O1 with line tables only: half the compile time of -O2 -g (the sanitizer
+# build was 23 of CI's 39 minutes), and still file:line in every report.
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENGRAM_SANITIZE=ON \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" >/dev/null
 cmake --build build-asan -j "$jobs"
 
 step "tests (ASan+UBSan)"
