@@ -98,12 +98,9 @@ Expected<std::vector<std::string>> load_text_units(const std::string& path, cons
     if (source) *source = "KJV (bible-kjv-text)";
     return verses;
   }
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return make_error(what, ": cannot open '", path, "'");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  if (f.bad()) return make_error(what, ": cannot read '", path, "'");
-  std::vector<std::string> units = haystack_units(ss.str());
+  auto text = read_text_file(path, what);
+  if (!text) return text.error();
+  std::vector<std::string> units = haystack_units(*text);
   if (units.empty()) return make_error(what, ": '", path, "' has no text");
   if (source) *source = path;
   return units;

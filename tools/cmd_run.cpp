@@ -18,6 +18,7 @@ namespace {
 struct RunOptions {
   std::string model;
   std::string prompt;
+  std::string prompt_file;  // -f: the prompt read from a file (a long document)
   int threads = 0;
   int64_t ctx_size = 0;
   bool echo = false;
@@ -61,6 +62,11 @@ int run(RunOptions& o) {
   if (!model) return fail(model.error().message);
   const Tokenizer& tok = (*model)->tokenizer();
 
+  if (!o.prompt_file.empty()) {
+    auto text = read_text_file(o.prompt_file, "--file");
+    if (!text) return fail(text.error().message);
+    o.prompt = std::move(*text);
+  }
   std::vector<TokenId> prompt = tok.encode(o.prompt, /*add_special=*/true, o.parse_special);
   o.gen.sampler.seed = o.seed >= 0 ? static_cast<uint64_t>(o.seed) : std::random_device{}();
 
@@ -164,7 +170,9 @@ Command add_run_command(CLI::App& parent) {
   o->gen.n_predict = 256;
   CLI::App* app = parent.add_subcommand("run", "Generate text from a prompt");
   add_model_option(app, o->model);
-  app->add_option("-p,--prompt", o->prompt, "Prompt text (BOS is added as the model asks)");
+  CLI::Option* prompt_opt = app->add_option("-p,--prompt", o->prompt, "Prompt text (BOS is added as the model asks)");
+  app->add_option("-f,--file", o->prompt_file, "Read the prompt from a file (e.g. a long document)")
+      ->excludes(prompt_opt);
   app->add_option("-n,--n-predict", o->gen.n_predict, "Tokens to generate (-1: until end of text or a full context)")
       ->capture_default_str();
   o->temp_option =

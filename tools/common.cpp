@@ -3,6 +3,8 @@
 #include <charconv>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "runtime/progress.h"
 
@@ -27,6 +29,15 @@ Expected<std::string> resolve_model_path(const std::string& given) {
 int fail(const std::string& message) {
   std::fprintf(stderr, "engram: error: %s\n", message.c_str());
   return 1;
+}
+
+Expected<std::string> read_text_file(const std::string& path, const std::string& what) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return make_error(what, ": cannot open '", path, "'");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) return make_error(what, ": cannot read '", path, "'");
+  return ss.str();
 }
 
 void add_threads_option(CLI::App* app, int& threads) {

@@ -22,6 +22,9 @@ Expected<std::string> resolve_model_path(const std::string& given);
 // Prints "engram: error: <message>" on stderr; returns the exit code 1.
 int fail(const std::string& message);
 
+// The whole file at `path` as bytes; the error names `what` (the flag) and the path.
+Expected<std::string> read_text_file(const std::string& path, const std::string& what);
+
 // -t/--threads N (0 = all cores).
 void add_threads_option(CLI::App* app, int& threads);
 // -m/--model FILE.

@@ -238,6 +238,25 @@ TEST(Cli, QuantizeThenRun) {
   fs::remove_all(dir);
 }
 
+// -f reads the prompt from a file: the same text as -p gives the same output.
+TEST(Cli, PromptFromAFileEqualsTheSamePrompt) {
+  ENGRAM_REQUIRE_REF();
+  const std::string model = (test::ref_dir() / "models" / "stories260K.gguf").string();
+  const fs::path dir = test::temp_dir("cli-prompt-file");
+  const fs::path file = dir / "prompt.txt";
+  std::ofstream(file) << "Once upon a time";
+  const std::vector<std::string> common = {"-n", "12", "--temp", "0", "-t", "1"};
+  std::vector<std::string> by_flag = {"run", "-m", model, "-p", "Once upon a time"}, by_file = {"run", "-m", model,
+                                                                                              "-f", file.string()};
+  by_flag.insert(by_flag.end(), common.begin(), common.end());
+  by_file.insert(by_file.end(), common.begin(), common.end());
+  Result a = engram(by_flag), b = engram(by_file);
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  EXPECT_EQ(a.out, b.out);
+  fs::remove_all(dir);
+}
+
 // --- errors: non-zero exit and a message naming the problem, never a crash.
 
 void expect_failure(const Result& r, const std::string& needle) {
@@ -249,6 +268,7 @@ void expect_failure(const Result& r, const std::string& needle) {
 TEST(CliErrors, MissingModelFile) {
   expect_failure(engram({"run", "-m", "/nonexistent/model.gguf", "-p", "hi"}), "/nonexistent/model.gguf");
   expect_failure(engram({"info", "/nonexistent/model.gguf"}), "/nonexistent/model.gguf");
+  expect_failure(engram({"run", "-f", "/nonexistent/prompt.txt"}), "--file: cannot open '/nonexistent/prompt.txt'");
   expect_failure(engram({"tokenize", "-m", "/nonexistent/model.gguf", "-p", "hi"}), "/nonexistent/model.gguf");
   expect_failure(engram({"convert-llama2c", "/nonexistent/a.bin", "/nonexistent/t.bin", "/tmp/x.gguf"}),
                  "/nonexistent/a.bin");
