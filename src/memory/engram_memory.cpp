@@ -587,13 +587,19 @@ std::vector<int> EngramMemory::select_by_candidates(const Cell& c, int g, const 
     for (size_t b = b0; b < b1; ++b)
       scores[b] = score_block(c, static_cast<int64_t>(b), g, qset, n_vec, /*exact=*/false, /*n_sub=*/0);
   }, 256);
-  const std::vector<int> cand = top_k_indices(scores, options_.index_candidates);
-  std::vector<float> exact_scores(cand.size());
-  pool.parallel_for(cand.size(), [&](size_t i0, size_t i1, int) {
-    for (size_t i = i0; i < i1; ++i) exact_scores[i] = score_block(c, cand[i], g, qset, n_vec, /*exact=*/true, 0);
+  return select_exact_among(c, g, top_k_indices(scores, options_.index_candidates), qset, n_vec, pool);
+}
+
+// The top_k of `candidates` (block ids) by the exact key index, sorted by id.
+std::vector<int> EngramMemory::select_exact_among(const Cell& c, int g, const std::vector<int>& candidates,
+                                                  const float* qset, size_t n_vec, ThreadPool& pool) const {
+  std::vector<float> exact_scores(candidates.size());
+  pool.parallel_for(candidates.size(), [&](size_t i0, size_t i1, int) {
+    for (size_t i = i0; i < i1; ++i)
+      exact_scores[i] = score_block(c, candidates[i], g, qset, n_vec, /*exact=*/true, 0);
   }, 16);
   std::vector<int> sel;
-  for (int i : top_k_indices(exact_scores, options_.top_k)) sel.push_back(cand[static_cast<size_t>(i)]);
+  for (int i : top_k_indices(exact_scores, options_.top_k)) sel.push_back(candidates[static_cast<size_t>(i)]);
   std::sort(sel.begin(), sel.end());
   return sel;
 }
@@ -674,14 +680,7 @@ std::vector<int> EngramMemory::select_from_kept(const Cell& c, int g, const floa
                                                 ThreadPool& pool) const {
   std::vector<int> cand = c.kept[static_cast<size_t>(g)];
   for (int64_t b = c.kept_blocks; b < nb; ++b) cand.push_back(static_cast<int>(b));
-  std::vector<float> cand_scores(cand.size());
-  pool.parallel_for(cand.size(), [&](size_t i0, size_t i1, int) {
-    for (size_t i = i0; i < i1; ++i) cand_scores[i] = score_block(c, cand[i], g, qset, n_vec, /*exact=*/true, 0);
-  }, 32);
-  std::vector<int> sel;
-  for (int i : top_k_indices(cand_scores, options_.top_k)) sel.push_back(cand[static_cast<size_t>(i)]);
-  std::sort(sel.begin(), sel.end());
-  return sel;
+  return select_exact_among(c, g, cand, qset, n_vec, pool);
 }
 
 void EngramMemory::attend(int layer, int seq, int64_t pos0, int n, int n_head, const float* q, float* out, float scale,

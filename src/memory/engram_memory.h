@@ -144,6 +144,8 @@ class EngramMemory final : public Memory {
                      ThreadPool& pool);
   std::vector<int> select_by_candidates(const Cell& c, int g, const float* qset, size_t n_vec,
                                        std::vector<float>& scores, ThreadPool& pool) const;
+  std::vector<int> select_exact_among(const Cell& c, int g, const std::vector<int>& candidates, const float* qset,
+                                     size_t n_vec, ThreadPool& pool) const;
   std::vector<int> select_from_kept(const Cell& c, int g, const float* qset, size_t n_vec, int64_t nb,
                                    ThreadPool& pool) const;
   float score_block(const Cell& c, int64_t b, int g, const float* qset, size_t n_vec, bool exact, int n_sub) const;
