@@ -37,6 +37,7 @@
 #define HWY_TARGET_INCLUDE "kernels/gemm.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 
+#include <hwy/aligned_allocator.h>
 #include <hwy/highway.h>
 
 #if HWY_ARCH_X86
@@ -89,79 +90,119 @@ constexpr auto MakeTileTable(std::index_sequence<I...>) {
 }
 
 // ---- Float weights ----
+//
+// Outer-product micro-kernel over a packed panel. PackPanel stores a chunk
+// of a panel's weights k-major, kPanelVecs vectors of rows per k (rows past
+// the panel's end are zeros), so a tile of T tokens x PanelRows() rows
+// accumulates acc[t][v] += broadcast(x[t][k]) * panel[k][v]: no horizontal
+// sums, and each token's results are contiguous in y. The panel chunk (kChunk
+// x PanelRows() floats, 64 KiB with AVX-512) stays in L2 while every token
+// tile of the chunk passes over it.
 
 using DF = hn::ScalableTag<float>;
 
-struct FloatKernel {
-  // y[t * ldy + r] (+)= sum_{i<n} w[r * ldw + i] * x[t * ldx + i]; adds to y
-  // when `accumulate` (a later chunk of the reduction).
-  using TileFn = void (*)(const float*, size_t, const float*, size_t, size_t, float*, size_t, bool);
-
 #if HWY_HAVE_SCALABLE
-  // Sizeless vectors cannot form arrays: one accumulator.
-  static constexpr size_t kRows = 1, kTokens = 1;
-  template <size_t R, size_t T>
-  static HWY_NOINLINE void Tile(const float* HWY_RESTRICT w, size_t ldw, const float* HWY_RESTRICT x, size_t ldx,
-                                size_t n, float* HWY_RESTRICT y, size_t ldy, bool accumulate) {
-    const DF d;
-    const size_t N = hn::Lanes(d);
-    auto acc = hn::Zero(d);
-    size_t i = 0;
-    for (; i + N <= n; i += N) acc = hn::MulAdd(hn::LoadU(d, w + i), hn::LoadU(d, x + i), acc);
-    float sum = hn::GetLane(hn::SumOfLanes(d, acc));
-    for (; i < n; ++i) sum += w[i] * x[i];
-    y[0] = accumulate ? y[0] + sum : sum;
-  }
+// Sizeless vectors cannot form arrays: one vector of rows, one token.
+constexpr size_t kPanelVecs = 1, kFloatTokens = 1;
 #else
-  // 4 x 3 accumulators plus 4 weight vectors fit 16 registers; with 32,
-  // 4 x 6.
-  static constexpr size_t kRows = 4, kTokens = kVectorRegisters >= 32 ? 6 : 3;
-  template <size_t R, size_t T>
-  static HWY_NOINLINE void Tile(const float* HWY_RESTRICT w, size_t ldw, const float* HWY_RESTRICT x, size_t ldx,
-                                size_t n, float* HWY_RESTRICT y, size_t ldy, bool accumulate) {
-    const DF d;
-    const size_t N = hn::Lanes(d);
-    hn::Vec<DF> acc[R][T];
-    for (size_t r = 0; r < R; ++r) {
-      for (size_t t = 0; t < T; ++t) acc[r][t] = hn::Zero(d);
-    }
-    size_t i = 0;
-    for (; i + N <= n; i += N) {
-      hn::Vec<DF> wv[R];
-      for (size_t r = 0; r < R; ++r) wv[r] = hn::LoadU(d, w + r * ldw + i);
-      for (size_t t = 0; t < T; ++t) {
-        const auto xv = hn::LoadU(d, x + t * ldx + i);
-        for (size_t r = 0; r < R; ++r) acc[r][t] = hn::MulAdd(wv[r], xv, acc[r][t]);
-      }
-    }
-    for (size_t r = 0; r < R; ++r) {
-      for (size_t t = 0; t < T; ++t) {
-        float sum = hn::GetLane(hn::SumOfLanes(d, acc[r][t]));
-        for (size_t j = i; j < n; ++j) sum += w[r * ldw + j] * x[t * ldx + j];
-        float& out = y[t * ldy + r];
-        out = accumulate ? out + sum : sum;
-      }
-    }
-  }
+// T x 2 accumulators, 2 weight vectors and a broadcast: 12 tokens fill 32
+// registers (AVX-512), 6 fill 16.
+constexpr size_t kPanelVecs = 2, kFloatTokens = kVectorRegisters >= 32 ? 12 : 6;
 #endif
-};
 
-// Reduction chunk of the float path: a panel's weights (kFloatPanelRows x
-// kChunk floats, 32 KiB) and a tile of activations stay in L1 across tiles.
+// Reduction chunk of the float path.
 constexpr size_t kChunk = 512;
 
+HWY_INLINE size_t PanelRows() { return kPanelVecs * hn::Lanes(DF()); }
+
+// panel[k * PanelRows() + r] = w[r * ldw + k] for r < nr, k < kn; 0 for r >= nr.
+HWY_INLINE void PackPanel(const float* HWY_RESTRICT w, size_t ldw, size_t nr, size_t kn, float* HWY_RESTRICT panel) {
+  const size_t pr = PanelRows();
+  for (size_t r = 0; r < pr; ++r) {
+    float* dst = panel + r;
+    if (r < nr) {
+      const float* src = w + r * ldw;
+      for (size_t k = 0; k < kn; ++k) dst[k * pr] = src[k];
+    } else {
+      for (size_t k = 0; k < kn; ++k) dst[k * pr] = 0.0f;
+    }
+  }
+}
+
+// y[0, count) (+)= acc's first count lanes.
+HWY_INLINE void StoreRows(DF d, hn::Vec<DF> acc, float* HWY_RESTRICT y, size_t count, bool accumulate) {
+  if (count >= hn::Lanes(d)) {
+    hn::StoreU(accumulate ? hn::Add(hn::LoadU(d, y), acc) : acc, d, y);
+    return;
+  }
+  HWY_ALIGN float lanes[HWY_MAX_BYTES / sizeof(float)];
+  hn::Store(acc, d, lanes);
+  for (size_t j = 0; j < count; ++j) y[j] = accumulate ? y[j] + lanes[j] : lanes[j];
+}
+
+struct FloatKernel {
+  // y[t * ldy + r] (+)= sum_{k<kn} panel[k][r] * x[t * ldx + k] for t < T,
+  // r < nr; adds to y when `accumulate` (a later chunk of the reduction).
+  using TileFn = void (*)(const float*, size_t, const float*, size_t, float*, size_t, size_t, bool);
+
+  template <size_t T>
+  static HWY_NOINLINE void Tile(const float* HWY_RESTRICT panel, size_t kn, const float* HWY_RESTRICT x, size_t ldx,
+                                float* HWY_RESTRICT y, size_t ldy, size_t nr, bool accumulate) {
+    const DF d;
+    const size_t N = hn::Lanes(d);
+#if HWY_HAVE_SCALABLE
+    static_assert(T == 1 && kPanelVecs == 1);
+    auto acc = hn::Zero(d);
+    for (size_t k = 0; k < kn; ++k) acc = hn::MulAdd(hn::LoadU(d, panel + k * N), hn::Set(d, x[k]), acc);
+    StoreRows(d, acc, y, nr, accumulate);
+#else
+    hn::Vec<DF> acc[T][kPanelVecs];
+    for (size_t t = 0; t < T; ++t) {
+      for (size_t v = 0; v < kPanelVecs; ++v) acc[t][v] = hn::Zero(d);
+    }
+    for (size_t k = 0; k < kn; ++k) {
+      const float* pk = panel + k * kPanelVecs * N;
+      hn::Vec<DF> wv[kPanelVecs];
+      for (size_t v = 0; v < kPanelVecs; ++v) wv[v] = hn::Load(d, pk + v * N);
+      for (size_t t = 0; t < T; ++t) {
+        const auto xb = hn::Set(d, x[t * ldx + k]);
+        for (size_t v = 0; v < kPanelVecs; ++v) acc[t][v] = hn::MulAdd(wv[v], xb, acc[t][v]);
+      }
+    }
+    for (size_t t = 0; t < T; ++t) {
+      for (size_t v = 0; v < kPanelVecs && v * N < nr; ++v) {
+        StoreRows(d, acc[t][v], y + t * ldy + v * N, nr - v * N, accumulate);
+      }
+    }
+#endif
+  }
+};
+
+template <size_t... I>
+constexpr auto MakeFloatTiles(std::index_sequence<I...>) {
+  return std::array<FloatKernel::TileFn, sizeof...(I)>{&FloatKernel::template Tile<I + 1>...};
+}
+
+// Floats of scratch GemmF32Impl needs (one packed panel chunk).
+size_t GemmF32ScratchImpl() { return kChunk * PanelRows(); }
+
 // y[t * ldy + r] = sum_i w[r * ldw + i] * x[t * ldx + i] for r < n_rows,
-// t < n_tokens, i < n.
+// t < n_tokens, i < n. scratch: GemmF32ScratchImpl() floats, 64-byte aligned.
 void GemmF32Impl(const float* w, size_t ldw, size_t n_rows, const float* x, size_t ldx, size_t n_tokens, size_t n,
-                 float* y, size_t ldy) {
-  constexpr size_t R = FloatKernel::kRows, T = FloatKernel::kTokens;
-  static constexpr auto kTiles = MakeTileTable<FloatKernel, R, T>(std::make_index_sequence<R * T>());
-  for (size_t k0 = 0; k0 < n || k0 == 0; k0 += kChunk) {
-    const size_t kn = std::min(kChunk, n - k0);
-    ForEachTile<R, T>(n_rows, n_tokens, [&](size_t r0, size_t nr, size_t t0, size_t nt) {
-      kTiles[(nr - 1) * T + nt - 1](w + r0 * ldw + k0, ldw, x + t0 * ldx + k0, ldx, kn, y + t0 * ldy + r0, ldy, k0 > 0);
-    });
-    if (n == 0) break;
+                 float* y, size_t ldy, float* scratch) {
+  static constexpr auto kTiles = MakeFloatTiles(std::make_index_sequence<kFloatTokens>());
+  const size_t pr = PanelRows();
+  for (size_t r0 = 0; r0 < n_rows; r0 += pr) {
+    const size_t nr = std::min(pr, n_rows - r0);
+    for (size_t k0 = 0; k0 < n || k0 == 0; k0 += kChunk) {
+      const size_t kn = std::min(kChunk, n - k0);
+      PackPanel(w + r0 * ldw + k0, ldw, nr, kn, scratch);
+      for (size_t t0 = 0; t0 < n_tokens; t0 += kFloatTokens) {
+        const size_t nt = std::min(kFloatTokens, n_tokens - t0);
+        kTiles[nt - 1](scratch, kn, x + t0 * ldx + k0, ldx, y + t0 * ldy + r0, ldy, nr, k0 > 0);
+      }
+      if (n == 0) break;
+    }
   }
 }
 
@@ -626,6 +667,7 @@ HWY_AFTER_NAMESPACE();
 namespace engram::kernels {
 
 HWY_EXPORT(GemmF32Impl);
+HWY_EXPORT(GemmF32ScratchImpl);
 HWY_EXPORT(GemmQ8Impl);
 
 namespace {
@@ -636,6 +678,9 @@ constexpr size_t kPanelBytes = 32 * 1024;
 // Rows per parallel_for grain: a multiple of every tile height, so threads
 // split on tile boundaries and rarely share a cache line of y.
 constexpr size_t kRowGrain = 16;
+// Float weight rows per parallel_for grain and widening step: a multiple of
+// every target's packed panel height (2 vectors: 8 to 32 rows).
+constexpr size_t kFloatPanel = 64;
 
 size_t panel_rows(size_t bytes_per_row) {
   const size_t rows = kPanelBytes / std::max<size_t>(bytes_per_row, 1) / 4 * 4;
@@ -676,21 +721,21 @@ void gemm_float(const TensorView& W, const float* x, float* y, size_t nt, Thread
   const size_t ni = static_cast<size_t>(W.ne[0]);
   const size_t no = static_cast<size_t>(W.ne[1]);
   const bool in_place = W.type == GgmlType::F32;
-  // A panel spans the whole row; the micro-kernels walk it in chunks of
-  // kChunk floats, so size the panel by the chunk's bytes.
-  const size_t panel = panel_rows(std::min<size_t>(ni, 512) * sizeof(float));
+  const size_t pack_floats = HWY_DYNAMIC_DISPATCH(GemmF32ScratchImpl)();
   pool.parallel_for(no, [&](size_t begin, size_t end, int) {
-    std::vector<float> scratch(in_place ? 0 : std::min(panel, end - begin) * ni);
-    for (size_t o0 = begin; o0 < end; o0 += panel) {
-      const size_t rows = std::min(panel, end - o0);
+    // F16 / BF16 rows are widened kFloatPanel at a time, then packed.
+    std::vector<float> widened(in_place ? 0 : std::min(kFloatPanel, end - begin) * ni);
+    const auto pack = hwy::AllocateAligned<float>(pack_floats);
+    for (size_t o0 = begin; o0 < end; o0 += kFloatPanel) {
+      const size_t rows = std::min(kFloatPanel, end - o0);
       const float* w = static_cast<const float*>(W.data) + o0 * ni;
-      if (!in_place) {  // F16 / BF16: widened once, used by every token
-        for (size_t r = 0; r < rows; ++r) get_row(W, static_cast<int64_t>(o0 + r), scratch.data() + r * ni);
-        w = scratch.data();
+      if (!in_place) {
+        for (size_t r = 0; r < rows; ++r) get_row(W, static_cast<int64_t>(o0 + r), widened.data() + r * ni);
+        w = widened.data();
       }
-      HWY_DYNAMIC_DISPATCH(GemmF32Impl)(w, ni, rows, x, ni, nt, ni, y + o0, no);
+      HWY_DYNAMIC_DISPATCH(GemmF32Impl)(w, ni, rows, x, ni, nt, ni, y + o0, no, pack.get());
     }
-  }, kRowGrain);
+  }, kFloatPanel);
 }
 
 }  // namespace
