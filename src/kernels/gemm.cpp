@@ -4,11 +4,12 @@
 //
 // Float weights (F32, and F16 / BF16 converted a panel at a time) use generic
 // Highway code. Quantized weights use integer micro-kernels on x86 targets
-// with AVX2 (AVX2 and the AVX-512 targets, which run the same 256-bit code):
-// the unsigned x signed byte multiply-add vpmaddubsw that makes these fast
-// has no Highway op in the Highway we build against (Debian's 1.0.3). Other
-// targets return false from GemmQ8Impl and the caller runs the per-row dot
-// (dot_row_q8) tile by tile instead, which keeps the cache blocking.
+// with AVX2 (256-bit; the AVX-512 targets on 512-bit vectors, and with VNNI
+// (AVX3_DL) Q8_0 / Q4_0 panels repacked 16 rows to a vector): the unsigned x
+// signed byte multiply-adds that make these fast have no Highway op in the
+// Highway we build against (Debian's 1.0.3). Other targets return false from
+// GemmQ8Impl and the caller runs the per-row dot (dot_row_q8) tile by tile
+// instead, which keeps the cache blocking.
 //
 // A tile is R weight rows x T tokens; its R*T accumulators stay in
 // registers over the whole reduction. Shapes that do not fill a tile use the
@@ -25,7 +26,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -47,6 +50,15 @@
 // Re-evaluated for every target this file is compiled for.
 #undef ENGRAM_GEMM_AVX2
 #undef ENGRAM_GEMM_AVX512
+#undef ENGRAM_GEMM_VNNI
+#undef ENGRAM_VNNI_ATTR
+// AVX3_DL (Ice Lake, Zen 4 and later; built because CMake defines
+// HWY_WANT_AVX3_DL for this file) adds AVX-512 VNNI.
+#if HWY_ARCH_X86 && HWY_TARGET == HWY_AVX3_DL
+#define ENGRAM_GEMM_VNNI 1
+#else
+#define ENGRAM_GEMM_VNNI 0
+#endif
 #if HWY_ARCH_X86 && (HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL)
 #define ENGRAM_GEMM_AVX2 1
 #else
@@ -605,6 +617,133 @@ struct Q6_KKernel512 {
   }
 };
 
+#if ENGRAM_GEMM_VNNI
+
+// AVX-512 VNNI: vpdpbusd adds four unsigned x signed byte products straight
+// into an int32 lane, one instruction where vpmaddubsw + vpmaddwd took two.
+// Highway's AVX3_DL target string names avxvnni (the VEX form), not
+// avx512vnni, hence the extra attribute.
+#define ENGRAM_VNNI_ATTR __attribute__((target("avx512vnni")))
+
+// ---- Interleaved panels (VNNI), Q8_0 and Q4_0 ----
+//
+// The tile kernels above keep one accumulator per (row, token) and pay a
+// float scale step and a horizontal sum for each. Here a panel of 16 rows is
+// first repacked so that one vector holds 4 quants of each of the 16 rows
+// (lane r = row r): broadcasting 4 activation bytes against it advances all
+// 16 row sums of a token with one vpdpbusd, one block's scales are one
+// vector, and a token's 16 results are one store. The weights become the
+// unsigned operand (Q8_0: w + 128, the sign bit flipped; Q4_0: the nibble
+// q): (w + k) . x = w . x + k sum(x), so each (token, block) sum starts at
+// -k sum(x) (k = 128 or 8), from the activations' block sums.
+
+constexpr size_t kLaneRows = 16;  // rows per interleaved group: one int32 lane each
+
+// Block b of a 16-row group.
+struct InterleavedBlock {
+  float d[kLaneRows];                 // row scales (0 for rows past the panel)
+  uint8_t q[kQK / 4][kLaneRows][4];  // quants 4g .. 4g+3 of row r at q[g][r], unsigned
+};
+
+HWY_INLINE void UnsignedQuants(const BlockQ8_0& b, uint8_t* q) {
+  for (size_t i = 0; i < kQK; ++i) q[i] = static_cast<uint8_t>(b.qs[i] ^ 0x80);
+}
+HWY_INLINE void UnsignedQuants(const BlockQ4_0& b, uint8_t* q) {
+  for (size_t i = 0; i < kQK / 2; ++i) {
+    q[i] = b.qs[i] & 0x0F;
+    q[i + kQK / 2] = b.qs[i] >> 4;
+  }
+}
+
+// Repacks rows [0, nr) (nr <= 16) of nb blocks into `out` (nb blocks).
+template <class Block>
+void InterleaveRows(const uint8_t* w, size_t w_stride, size_t nr, size_t nb, InterleavedBlock* out) {
+  for (size_t b = 0; b < nb; ++b) {
+    InterleavedBlock& ib = out[b];
+    for (size_t r = 0; r < kLaneRows; ++r) {
+      uint8_t q[kQK] = {};
+      ib.d[r] = 0.0f;
+      if (r < nr) {
+        const Block& blk = BlockAt<Block>(w + r * w_stride, b);
+        UnsignedQuants(blk, q);
+        ib.d[r] = _cvtsh_ss(blk.d);
+      }
+      for (size_t g = 0; g < kQK / 4; ++g) std::memcpy(ib.q[g][r], q + 4 * g, 4);
+    }
+  }
+}
+
+// Activations as the interleaved kernel reads them: x's Q8_0 blocks, and per
+// (token, block) the float scale and -k * the sum of the quants.
+struct InterleavedActivations {
+  const uint8_t* x;       // Q8_0 rows, x_stride bytes apart
+  size_t x_stride;
+  const float* scale;     // [token][block]
+  const int32_t* start;   // [token][block]
+  size_t nb;
+};
+
+using InterleavedTileFn = void (*)(const InterleavedBlock*, const InterleavedActivations&, size_t, float*, size_t,
+                                   size_t);
+
+// y[t * ldy + r] = row r . token t0 + t for t < T, r < nr (16-row group).
+template <size_t T>
+ENGRAM_VNNI_ATTR HWY_NOINLINE void InterleavedTile(const InterleavedBlock* HWY_RESTRICT w,
+                                                   const InterleavedActivations& a, size_t t0,
+                                                   float* HWY_RESTRICT y, size_t ldy, size_t nr) {
+  __m512 acc[T];
+  for (size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (size_t b = 0; b < a.nb; ++b) {
+    const InterleavedBlock& wb = w[b];
+    __m512i sum[T];
+    for (size_t t = 0; t < T; ++t) sum[t] = _mm512_set1_epi32(a.start[(t0 + t) * a.nb + b]);
+    for (size_t g = 0; g < kQK / 4; ++g) {
+      const __m512i wq = _mm512_loadu_si512(wb.q[g]);
+      for (size_t t = 0; t < T; ++t) {
+        int32_t x4;
+        std::memcpy(&x4, BlockAt<BlockQ8_0>(a.x + (t0 + t) * a.x_stride, b).qs + 4 * g, 4);
+        sum[t] = _mm512_dpbusd_epi32(sum[t], wq, _mm512_set1_epi32(x4));
+      }
+    }
+    const __m512 wd = _mm512_loadu_ps(wb.d);
+    for (size_t t = 0; t < T; ++t) {
+      const __m512 scale = _mm512_mul_ps(wd, _mm512_set1_ps(a.scale[(t0 + t) * a.nb + b]));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), scale, acc[t]);
+    }
+  }
+  const __mmask16 rows = static_cast<__mmask16>((1u << nr) - 1);
+  for (size_t t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
+}
+
+// Tokens per interleaved tile: T float + T int32 accumulators, the weight
+// vector and the broadcast fit in 32 registers with room to spare.
+constexpr size_t kInterleavedTokens = 8;
+
+template <size_t... I>
+constexpr auto MakeInterleavedTiles(std::index_sequence<I...>) {
+  return std::array<InterleavedTileFn, sizeof...(I)>{&InterleavedTile<I + 1>...};
+}
+
+template <class Block>
+void InterleavedGemm(const uint8_t* w, size_t w_stride, size_t n_rows, const InterleavedActivations& a,
+                     size_t n_tokens, float* y, size_t ldy) {
+  static constexpr auto kTiles = MakeInterleavedTiles(std::make_index_sequence<kInterleavedTokens>());
+  // One 16-row group repacked at a time (nb * 576 bytes: L2), reused by
+  // every token tile.
+  thread_local std::vector<InterleavedBlock> packed;
+  packed.resize(a.nb);
+  for (size_t r0 = 0; r0 < n_rows; r0 += kLaneRows) {
+    const size_t nr = std::min(kLaneRows, n_rows - r0);
+    InterleaveRows<Block>(w + r0 * w_stride, w_stride, nr, a.nb, packed.data());
+    for (size_t t0 = 0; t0 < n_tokens; t0 += kInterleavedTokens) {
+      const size_t nt = std::min(kInterleavedTokens, n_tokens - t0);
+      kTiles[nt - 1](packed.data(), a, t0, y + t0 * ldy + r0, ldy, nr);
+    }
+  }
+}
+
+#endif  // ENGRAM_GEMM_VNNI
+
 template <class Block>
 using Q8_0Best = Q8_0Kernel512<Block>;
 using Q4_KBest = Q4_KKernel512;
@@ -632,8 +771,26 @@ void QuantTiles(const uint8_t* w, size_t w_stride, size_t n_rows, const uint8_t*
 // t < n_tokens; rows w_stride bytes apart, activation rows x_stride bytes
 // apart (quantize_activations output). False where this target has no
 // integer micro-kernels: the caller then computes the tile itself.
+// x_scale / x_start: per (token, block) of Q8_0 activations, their scale and
+// -k * the sum of their quants (k = 128 for Q8_0 weights, 8 for Q4_0); null
+// for other types.
 bool GemmQ8Impl(GgmlType type, const uint8_t* w, size_t w_stride, size_t n_rows, const uint8_t* x, size_t x_stride,
-                size_t n_tokens, size_t n_in, float* y, size_t ldy) {
+                size_t n_tokens, size_t n_in, float* y, size_t ldy, const float* x_scale, const int32_t* x_start) {
+#if ENGRAM_GEMM_VNNI
+  if (x_scale != nullptr && x_start != nullptr) {
+    const InterleavedActivations a{x, x_stride, x_scale, x_start, n_in / kQK};
+    if (type == GgmlType::Q8_0) {
+      InterleavedGemm<BlockQ8_0>(w, w_stride, n_rows, a, n_tokens, y, ldy);
+      return true;
+    }
+    if (type == GgmlType::Q4_0) {
+      InterleavedGemm<BlockQ4_0>(w, w_stride, n_rows, a, n_tokens, y, ldy);
+      return true;
+    }
+  }
+#else
+  (void)x_scale, (void)x_start;
+#endif
 #if ENGRAM_GEMM_AVX2
   switch (type) {
     case GgmlType::Q8_0:
@@ -682,36 +839,69 @@ constexpr size_t kRowGrain = 16;
 // every target's packed panel height (2 vectors: 8 to 32 rows).
 constexpr size_t kFloatPanel = 64;
 
+// A multiple of 16: the interleaved VNNI kernels repack 16 rows at a time.
 size_t panel_rows(size_t bytes_per_row) {
-  const size_t rows = kPanelBytes / std::max<size_t>(bytes_per_row, 1) / 4 * 4;
-  return std::clamp<size_t>(rows, 4, 256);
+  const size_t rows = kPanelBytes / std::max<size_t>(bytes_per_row, 1) / 16 * 16;
+  return std::clamp<size_t>(rows, 16, 256);
+}
+
+// A matmul's activations, quantized once for every weight row: Q8_0 / Q8_K
+// rows and, for Q8_0 / Q4_0 weights, each block's scale and weight-offset
+// correction (see GemmQ8Impl) for the VNNI kernels.
+struct QuantizedActivations {
+  size_t row_bytes = 0;
+  std::vector<uint8_t> rows;     // [n_tokens] rows of Q8_0 / Q8_K blocks
+  std::vector<float> scale;      // [n_tokens][block], Q8_0 / Q4_0 weights only
+  std::vector<int32_t> start;    // [n_tokens][block], likewise
+};
+
+QuantizedActivations quantize_for(GgmlType type, const float* x, int64_t n_in, size_t nt, ThreadPool& pool) {
+  QuantizedActivations q;
+  q.row_bytes = *row_bytes(activation_type(type, n_in), n_in);
+  q.rows.resize(nt * q.row_bytes);
+  const bool q8_blocks = type == GgmlType::Q8_0 || type == GgmlType::Q4_0;
+  const size_t nb = static_cast<size_t>(n_in) / kQK;
+  q.scale.resize(q8_blocks ? nt * nb : 0);
+  q.start.resize(q.scale.size());
+  const int32_t offset = type == GgmlType::Q8_0 ? 128 : 8;
+  pool.parallel_for(nt, [&](size_t begin, size_t end, int) {
+    for (size_t t = begin; t < end; ++t) {
+      quantize_activations(type, x + t * static_cast<size_t>(n_in), q.rows.data() + t * q.row_bytes, n_in);
+      if (!q8_blocks) continue;
+      const auto* blocks = reinterpret_cast<const BlockQ8_0*>(q.rows.data() + t * q.row_bytes);
+      for (size_t b = 0; b < nb; ++b) {
+        int32_t sum = 0;
+        for (int8_t v : blocks[b].qs) sum += v;
+        q.scale[t * nb + b] = fp16_to_fp32(blocks[b].d);
+        q.start[t * nb + b] = -offset * sum;
+      }
+    }
+  });
+  return q;
 }
 
 void gemm_quantized(const TensorView& W, const float* x, float* y, size_t nt, ThreadPool& pool) {
   const int64_t n_in = W.ne[0];
   const size_t no = static_cast<size_t>(W.ne[1]);
   const size_t row_size = W.row_size();
-  const GgmlType act = activation_type(W.type, n_in);
-  const size_t xq_row = *row_bytes(act, n_in);
-  std::vector<uint8_t> xq(nt * xq_row);  // [n_tokens] rows of Q8_0 / Q8_K blocks
-  pool.parallel_for(nt, [&](size_t begin, size_t end, int) {
-    for (size_t t = begin; t < end; ++t) {
-      const float* xt = x + t * static_cast<size_t>(n_in);
-      quantize_activations(W.type, xt, xq.data() + t * xq_row, n_in);
-    }
-  });
+  const QuantizedActivations xq = quantize_for(W.type, x, n_in, nt, pool);
+  const size_t xq_row = xq.row_bytes;
+  const float* x_scale = xq.scale.empty() ? nullptr : xq.scale.data();
+  const int32_t* x_start = xq.start.empty() ? nullptr : xq.start.data();
   const auto* base = static_cast<const uint8_t*>(W.data);
   const size_t panel = panel_rows(row_size);
   pool.parallel_for(no, [&](size_t begin, size_t end, int) {
     for (size_t o0 = begin; o0 < end; o0 += panel) {
       const size_t rows = std::min(panel, end - o0);
       const uint8_t* w = base + o0 * row_size;
-      if (HWY_DYNAMIC_DISPATCH(GemmQ8Impl)(W.type, w, row_size, rows, xq.data(), xq_row, nt,
-                                           static_cast<size_t>(n_in), y + o0, no)) {
+      if (HWY_DYNAMIC_DISPATCH(GemmQ8Impl)(W.type, w, row_size, rows, xq.rows.data(), xq_row, nt,
+                                           static_cast<size_t>(n_in), y + o0, no, x_scale, x_start)) {
         continue;
       }
       for (size_t t = 0; t < nt; ++t) {
-        for (size_t r = 0; r < rows; ++r) y[t * no + o0 + r] = dot_row_q8(W.type, w + r * row_size, xq.data() + t * xq_row, n_in);
+        for (size_t r = 0; r < rows; ++r) {
+          y[t * no + o0 + r] = dot_row_q8(W.type, w + r * row_size, xq.rows.data() + t * xq_row, n_in);
+        }
       }
     }
   }, kRowGrain);
@@ -754,6 +944,18 @@ bool gemm_supports(GgmlType type, int64_t n_in) {
     default:
       return false;
   }
+}
+
+void gemm_f32(const float* w, size_t ldw, size_t n_rows, const float* x, size_t ldx, size_t n_tokens, size_t n,
+              float* y, size_t ldy, std::vector<float>& scratch) {
+  if (n_rows == 0 || n_tokens == 0) return;
+  // The packed panel is read with aligned loads: align inside the vector.
+  constexpr size_t kAlignFloats = HWY_ALIGNMENT / sizeof(float);
+  const size_t floats = HWY_DYNAMIC_DISPATCH(GemmF32ScratchImpl)() + kAlignFloats;
+  if (scratch.size() < floats) scratch.resize(floats);
+  const auto misalign = reinterpret_cast<uintptr_t>(scratch.data()) % HWY_ALIGNMENT;
+  float* panel = scratch.data() + (misalign == 0 ? 0 : (HWY_ALIGNMENT - misalign) / sizeof(float));
+  HWY_DYNAMIC_DISPATCH(GemmF32Impl)(w, ldw, n_rows, x, ldx, n_tokens, n, y, ldy, panel);
 }
 
 void gemm(const TensorView& W, const float* x, float* y, int n_tokens, ThreadPool& pool) {

@@ -14,7 +14,9 @@
 // integer block sums, scaled and summed in float.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "tensor/tensor.h"
 #include "util/thread_pool.h"
@@ -32,5 +34,13 @@ bool gemm_supports(GgmlType type, int64_t n_in);
 
 // Same contract as matmul (any n_tokens >= 1); requires gemm_supports.
 void gemm(const TensorView& W, const float* x, float* y, int n_tokens, ThreadPool& pool);
+
+// One thread's float GEMM with explicit strides, for tiles the caller
+// schedules itself (attention: a chunk of keys times a tile of queries):
+//   y[t * ldy + r] = sum_{i < n} w[r * ldw + i] * x[t * ldx + i]
+// for r < n_rows, t < n_tokens. `scratch` holds the packed weight panel; it
+// is grown on first use, so a caller that keeps it allocates once.
+void gemm_f32(const float* w, size_t ldw, size_t n_rows, const float* x, size_t ldx, size_t n_tokens, size_t n,
+              float* y, size_t ldy, std::vector<float>& scratch);
 
 }  // namespace engram::kernels

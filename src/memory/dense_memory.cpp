@@ -20,6 +20,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/gemm.h"
 #include "kernels/kernels.h"
 #include "memory/memory.h"
 
@@ -118,7 +119,7 @@ class DenseMemory final : public Memory {
 
   void attend(int layer, int seq, int64_t pos0, int n, int n_head, const float* q, float* out, float scale,
               ThreadPool& pool) override {
-    const int n_kv_head = layout_.n_kv_head, k_dim = layout_.k_dim, v_dim = layout_.v_dim;
+    const int n_kv_head = layout_.n_kv_head, v_dim = layout_.v_dim;
     if (n <= 0) return;
     if (!check_layer_seq(layer, seq).is_ok() || n_kv_head <= 0 || n_head <= 0 || n_head % n_kv_head != 0) {
       // Misuse (the model checks its layout first): defined output, no crash.
@@ -127,23 +128,26 @@ class DenseMemory final : public Memory {
     }
     const LayerSeq& c = cell(layer, seq);
     const std::vector<uint8_t>& present = present_[static_cast<size_t>(seq)];
-    const int group = n_head / n_kv_head;  // query heads per kv head
-    // A query sees keys 0 .. its own position (and nothing not yet stored).
     const int64_t n_keys_max = std::min<int64_t>(pos0 + n, c.n_stored);
-    scores_.resize(static_cast<size_t>(pool.size()) * static_cast<size_t>(std::max<int64_t>(n_keys_max, 1)));
+    const bool has_holes =
+        std::find(present.begin(), present.begin() + std::max<int64_t>(n_keys_max, 0), uint8_t{0}) !=
+        present.begin() + std::max<int64_t>(n_keys_max, 0);
+    tiles_.resize(static_cast<size_t>(pool.size()));
 
-    // One work item = one (query, head) pair; each is computed whole by one
-    // thread, so results do not depend on the thread count.
-    pool.parallel_for(static_cast<size_t>(n) * static_cast<size_t>(n_head), [&](size_t begin, size_t end, int thread) {
-      float* scores = scores_.data() + static_cast<size_t>(thread) * static_cast<size_t>(std::max<int64_t>(n_keys_max, 1));
+    // One work item = one (query tile, kv head); each is computed whole by
+    // one thread, so results do not depend on the thread count. Tiles are
+    // taken in zig-zag order (first, last, second, ...) because parallel_for
+    // hands each thread a contiguous range and causal tiles grow in cost.
+    const int n_tiles = (n + kTileQueries - 1) / kTileQueries;
+    const TileShape shape{pos0, n_head, n_head / n_kv_head, scale, has_holes};
+    pool.parallel_for(static_cast<size_t>(n_tiles) * n_kv_head, [&](size_t begin, size_t end, int thread) {
       for (size_t item = begin; item < end; ++item) {
-        const int i = static_cast<int>(item / static_cast<size_t>(n_head));
-        const int h = static_cast<int>(item % static_cast<size_t>(n_head));
-        const int kvh = h / group;
-        const float* qh = q + (static_cast<size_t>(i) * n_head + h) * k_dim;  // [k_dim]
-        float* oh = out + (static_cast<size_t>(i) * n_head + h) * v_dim;      // [v_dim]
-        const int64_t n_keys = std::min<int64_t>(pos0 + i + 1, c.n_stored);
-        attend_one(c, present, kvh, qh, oh, n_keys, scale, scores);
+        const int slot = static_cast<int>(item / static_cast<size_t>(n_kv_head));
+        const int kvh = static_cast<int>(item % static_cast<size_t>(n_kv_head));
+        const int tile = slot % 2 == 0 ? slot / 2 : n_tiles - 1 - slot / 2;
+        const int i0 = tile * kTileQueries;
+        attend_tile(c, present, shape, kvh, i0, std::min(n, i0 + kTileQueries), q, out,
+                    tiles_[static_cast<size_t>(thread)]);
       }
     });
   }
@@ -327,7 +331,11 @@ class DenseMemory final : public Memory {
   }
 
   size_t bytes_used() const override {
-    size_t bytes = sizeof(*this) + scores_.capacity() * sizeof(float);
+    size_t bytes = sizeof(*this);
+    for (const TileScratch& t : tiles_) {
+      bytes += sizeof(t) + (t.q.capacity() + t.scores.capacity() + t.max.capacity() + t.sum.capacity() +
+                            t.pack.capacity()) * sizeof(float);
+    }
     for (const LayerSeq& c : cells_) bytes += (c.k.capacity() + c.v.capacity()) * sizeof(float) + sizeof(LayerSeq);
     for (const auto& p : present_) bytes += p.capacity() + sizeof(p);
     return bytes;
@@ -405,41 +413,97 @@ class DenseMemory final : public Memory {
     return Status::ok();
   }
 
-  // Softmax attention of one query head over keys [0, n_keys) of one kv head.
-  // Two passes: scores (and their max), then exp-normalised weighted values.
-  void attend_one(const LayerSeq& c, const std::vector<uint8_t>& present, int kvh, const float* qh, float* oh,
-                  int64_t n_keys, float scale, float* scores) const {
+  // Queries per attention tile and keys per chunk: a tile's group * 16 query
+  // rows times a chunk of 128 keys is one score GEMM (scores 32 KiB with 4
+  // query heads per kv head).
+  static constexpr int kTileQueries = 16;
+  static constexpr int kKeyChunk = 128;
+
+  struct TileShape {
+    int64_t pos0;    // position of query 0
+    int n_head;      // query heads
+    int group;       // query heads per kv head
+    float scale;     // score scale
+    bool has_holes;  // some visible position is absent (removed)
+  };
+
+  // Per-thread scratch of attend_tile, kept between calls.
+  struct TileScratch {
+    std::vector<float> q;       // [group * n_queries, k_dim] the tile's query rows
+    std::vector<float> scores;  // [group * n_queries, kKeyChunk]
+    std::vector<float> max;     // per row: running max score
+    std::vector<float> sum;     // per row: running sum of exp(score - max)
+    std::vector<float> pack;    // gemm_f32's packed keys
+  };
+
+  // Attention of queries [i0, i1) of the query heads of kv head kvh, with an
+  // online softmax over chunks of keys (flash-attention style): each chunk's
+  // scores come from one GEMM of the tile's query rows against the chunk's
+  // keys, then every row rescales its output, adds exp(score - max) and the
+  // weighted values. Tile row g * nq + t is query i0 + t of head
+  // kvh * group + g.
+  void attend_tile(const LayerSeq& c, const std::vector<uint8_t>& present, const TileShape& shape, int kvh, int i0,
+                   int i1, const float* q, float* out, TileScratch& ts) const {
     const int n_kv_head = layout_.n_kv_head, k_dim = layout_.k_dim, v_dim = layout_.v_dim;
-    float max_score = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < n_keys; ++j) {
-      if (!present[static_cast<size_t>(j)]) continue;
-      const float* kj = c.k.data() + (static_cast<size_t>(j) * n_kv_head + kvh) * k_dim;
-      scores[j] = kernels::dot(qh, kj, static_cast<size_t>(k_dim)) * scale;
-      max_score = std::max(max_score, scores[j]);
+    const int nq = i1 - i0, rows = shape.group * nq;
+    const auto query = [&](int row) { return static_cast<size_t>(i0 + row % nq) * shape.n_head + kvh * shape.group + row / nq; };
+    ts.q.resize(static_cast<size_t>(rows) * k_dim);
+    ts.scores.resize(static_cast<size_t>(rows) * kKeyChunk);
+    ts.max.assign(static_cast<size_t>(rows), -std::numeric_limits<float>::infinity());
+    ts.sum.assign(static_cast<size_t>(rows), 0.f);
+    for (int row = 0; row < rows; ++row) {
+      std::memcpy(ts.q.data() + static_cast<size_t>(row) * k_dim, q + query(row) * k_dim, k_dim * sizeof(float));
+      std::memset(out + query(row) * v_dim, 0, static_cast<size_t>(v_dim) * sizeof(float));
     }
-    std::memset(oh, 0, static_cast<size_t>(v_dim) * sizeof(float));
-    // Value rows: their own buffer, or the head's key row (first v_dim entries).
-    const float* v_base = layout_.values_in_keys ? c.k.data() + static_cast<size_t>(kvh) * k_dim
-                                                 : c.v.data() + static_cast<size_t>(kvh) * v_dim;
-    const size_t v_stride = static_cast<size_t>(n_kv_head) * (layout_.values_in_keys ? k_dim : v_dim);
-    if (max_score == -std::numeric_limits<float>::infinity()) return;  // nothing visible
-    float sum = 0.f;
-    for (int64_t j = 0; j < n_keys; ++j) {
-      if (!present[static_cast<size_t>(j)]) continue;
-      scores[j] = std::exp(scores[j] - max_score);
-      sum += scores[j];
+    // Keys and values of this kv head: rows k_stride / v_stride floats apart;
+    // value rows are their own buffer or the key rows' first v_dim entries.
+    const size_t k_stride = static_cast<size_t>(n_kv_head) * k_dim;
+    const float* k_base = c.k.data() + static_cast<size_t>(kvh) * k_dim;
+    const float* v_base = layout_.values_in_keys ? k_base : c.v.data() + static_cast<size_t>(kvh) * v_dim;
+    const size_t v_stride = layout_.values_in_keys ? k_stride : static_cast<size_t>(n_kv_head) * v_dim;
+    // The tile's last query sees keys [0, n_keys).
+    const int64_t n_keys = std::min<int64_t>(shape.pos0 + i1, c.n_stored);
+    for (int64_t j0 = 0; j0 < n_keys; j0 += kKeyChunk) {
+      const size_t chunk = static_cast<size_t>(std::min<int64_t>(kKeyChunk, n_keys - j0));
+      kernels::gemm_f32(k_base + static_cast<size_t>(j0) * k_stride, k_stride, chunk, ts.q.data(), k_dim,
+                        static_cast<size_t>(rows), k_dim, ts.scores.data(), kKeyChunk, ts.pack);
+      for (int row = 0; row < rows; ++row) {
+        // Keys of this chunk the row's query sees (itself and earlier).
+        const int64_t visible = std::min<int64_t>(shape.pos0 + i0 + row % nq + 1, c.n_stored) - j0;
+        if (visible <= 0) continue;
+        const size_t count = std::min(chunk, static_cast<size_t>(visible));
+        float* s = ts.scores.data() + static_cast<size_t>(row) * kKeyChunk;
+        kernels::scale(s, shape.scale, count);
+        if (shape.has_holes) {
+          for (size_t r = 0; r < count; ++r) {
+            if (!present[static_cast<size_t>(j0) + r]) s[r] = -std::numeric_limits<float>::infinity();
+          }
+        }
+        const float chunk_max = kernels::max_value(s, count);
+        if (chunk_max == -std::numeric_limits<float>::infinity()) continue;  // nothing visible here
+        float* o = out + query(row) * v_dim;
+        float& max = ts.max[static_cast<size_t>(row)];
+        float& sum = ts.sum[static_cast<size_t>(row)];
+        if (chunk_max > max) {
+          const float rescale = std::exp(max - chunk_max);  // 0 while max is -infinity
+          if (sum > 0.f) kernels::scale(o, rescale, static_cast<size_t>(v_dim));
+          sum *= rescale;
+          max = chunk_max;
+        }
+        sum += kernels::exp_shift_sum(s, count, max);
+        kernels::add_weighted_rows(s, v_base + static_cast<size_t>(j0) * v_stride, v_stride, count,
+                                   static_cast<size_t>(v_dim), o);
+      }
     }
-    const float inv_sum = 1.f / sum;
-    for (int64_t j = 0; j < n_keys; ++j) {
-      if (!present[static_cast<size_t>(j)]) continue;
-      const float* vj = v_base + static_cast<size_t>(j) * v_stride;
-      kernels::axpy(scores[j] * inv_sum, vj, oh, static_cast<size_t>(v_dim));
+    for (int row = 0; row < rows; ++row) {
+      const float sum = ts.sum[static_cast<size_t>(row)];
+      if (sum > 0.f) kernels::scale(out + query(row) * v_dim, 1.f / sum, static_cast<size_t>(v_dim));
     }
   }
 
   std::vector<LayerSeq> cells_;                // [n_layer * n_seq]
   std::vector<std::vector<uint8_t>> present_;  // per seq: 1 where a position is stored
-  std::vector<float> scores_;                  // attention scratch: [pool threads, n_keys]
+  std::vector<TileScratch> tiles_;             // attention scratch, one per pool thread
 };
 
 }  // namespace

@@ -109,6 +109,43 @@ TEST(DenseMemory, BatchEqualsOneAtATimeAndThreadCountDoesNotMatter) {
   EXPECT_LT(max_abs_diff(out_batch, out_single), 1e-6f);
 }
 
+// Attention runs in tiles of 16 queries and chunks of 128 keys with an online
+// softmax: a batch that spans several of each, with a hole that covers a
+// whole key chunk for some queries and part of one for others, still matches
+// the naive reference, and computing it in pieces gives the same result.
+TEST(DenseMemory, LongBatchesAcrossTilesAndKeyChunksMatchReference) {
+  std::mt19937 rng(9);
+  ThreadPool pool(2);
+  auto mem = make_dense_memory(test_layout(1, 700));
+  auto stored = fill(*mem, 0, {300}, rng);
+  mem->remove(0, 100, 260);  // a hole over key chunk [128, 256) and parts of its neighbours
+  std::vector<bool> absent(700, false);
+  for (int j = 100; j < 260; ++j) absent[static_cast<size_t>(j)] = true;
+  const int n = 75;  // queries at 300 .. 374: tiles of 16 and a partial one
+  const float scale = 0.4f;
+  for (int layer = 0; layer < 2; ++layer) {
+    auto k = random_vec(n * 2 * 8, rng), v = random_vec(n * 2 * 12, rng);
+    ASSERT_TRUE(mem->append(layer, 0, 300, n, k.data(), v.data()).is_ok());
+    stored[layer].k.insert(stored[layer].k.end(), k.begin(), k.end());
+    stored[layer].v.insert(stored[layer].v.end(), v.begin(), v.end());
+  }
+  auto q = random_vec(n * kHeads * 8, rng);
+  for (int layer = 0; layer < 2; ++layer) {
+    std::vector<float> out(n * kHeads * 12);
+    mem->attend(layer, 0, 300, n, kHeads, q.data(), out.data(), scale, pool);
+    EXPECT_LT(max_abs_diff(out, naive_attention(mem->layout(), stored[layer], 300, n, q.data(), scale, absent)), 1e-5f)
+        << "layer " << layer;
+    // The same queries in pieces of 7 (other tile boundaries): the same result.
+    std::vector<float> pieces(out.size());
+    for (int i0 = 0; i0 < n; i0 += 7) {
+      const int m = std::min(7, n - i0);
+      mem->attend(layer, 0, 300 + i0, m, kHeads, q.data() + i0 * kHeads * 8, pieces.data() + i0 * kHeads * 12, scale,
+                  pool);
+    }
+    EXPECT_LT(max_abs_diff(out, pieces), 1e-6f) << "layer " << layer;
+  }
+}
+
 TEST(DenseMemory, AppendingBeyondCapacityIsAnError) {
   std::mt19937 rng(3);
   auto mem = make_dense_memory(test_layout(1, 4096));
