@@ -742,6 +742,173 @@ void InterleavedGemm(const uint8_t* w, size_t w_stride, size_t n_rows, const Int
   }
 }
 
+// ---- Interleaved panels (VNNI), Q4_K and Q6_K ----
+//
+// The same 16-rows-per-vector layout for super-blocks of 256. Both types are
+//   row . x = xd * (d * sum_j sc[j] * (q . x)_j - c * sum_g mm[g] * bsums[g])
+// with unsigned quants q, sub-blocks j of kSub values with integer scales
+// sc[j], and a correction over the activations' 16-value sums bsums[g]:
+//   Q4_K: sub-blocks of 32, c = dmin, mm[g] = m[g / 2] (the sub-block's min);
+//   Q6_K: sub-blocks of 16, c = d, mm[g] = 32 * sc[g] (q - 32 in the format).
+// A sub-block's integer sum is multiplied by its scale in int32 (vpmulld);
+// the correction is 8 vpdpwssd over pairs of bsums.
+
+struct InterleavedKBlock {
+  float d[kLaneRows];                     // per row: d
+  float c[kLaneRows];                     // per row: the correction's scale
+  int32_t sc[16][kLaneRows];              // per sub-block j (8 or 16) and row
+  int16_t mm[8][kLaneRows][2];            // mm[2p], mm[2p + 1] of row r at mm[p][r]
+  uint8_t q[kQK_K / 4][kLaneRows][4];     // quants 4g .. 4g+3 of row r at q[g][r]
+};
+
+// One row's super-block, unpacked.
+struct UnpackedK {
+  uint8_t q[kQK_K];
+  int32_t sc[16];
+  int16_t mm[16];
+  float d, c;
+};
+
+template <class Block>
+struct KLayout;
+
+template <>
+struct KLayout<BlockQ4_K> {
+  static constexpr size_t kSub = 32;
+  static void Unpack(const BlockQ4_K& b, UnpackedK& u) {
+    for (size_t e = 0; e < kQK_K; ++e) {
+      const size_t c = e / 64, l = e % 64;
+      u.q[e] = l < 32 ? b.qs[32 * c + l] & 0x0F : b.qs[32 * c + l - 32] >> 4;
+    }
+    for (int j = 0; j < 8; ++j) {
+      uint8_t sc, m;
+      k_scale_min(j, b.scales, &sc, &m);
+      u.sc[j] = sc;
+      u.mm[2 * j] = u.mm[2 * j + 1] = m;
+    }
+    u.d = _cvtsh_ss(b.d);
+    u.c = _cvtsh_ss(b.dmin);
+  }
+};
+
+template <>
+struct KLayout<BlockQ6_K> {
+  static constexpr size_t kSub = 16;
+  static void Unpack(const BlockQ6_K& b, UnpackedK& u) {
+    for (size_t e = 0; e < kQK_K; ++e) {
+      const size_t h = e / 128, k = e % 128 / 32, l = e % 32;
+      const uint8_t packed = b.ql[64 * h + 32 * (k % 2) + l];
+      const uint8_t low4 = k < 2 ? packed & 0x0F : packed >> 4;
+      const uint8_t high2 = (b.qh[32 * h + l] >> (2 * k)) & 3;
+      u.q[e] = static_cast<uint8_t>(low4 | high2 << 4);
+    }
+    for (int g = 0; g < 16; ++g) {
+      u.sc[g] = b.scales[g];
+      u.mm[g] = static_cast<int16_t>(32 * b.scales[g]);
+    }
+    u.d = u.c = _cvtsh_ss(b.d);
+  }
+};
+
+// Repacks rows [0, nr) (nr <= 16) of nb super-blocks into `out`.
+template <class Block>
+void InterleaveKRows(const uint8_t* w, size_t w_stride, size_t nr, size_t nb, InterleavedKBlock* out) {
+  constexpr size_t kNumSub = kQK_K / KLayout<Block>::kSub;
+  for (size_t b = 0; b < nb; ++b) {
+    InterleavedKBlock& ib = out[b];
+    for (size_t r = 0; r < kLaneRows; ++r) {
+      UnpackedK u{};
+      if (r < nr) KLayout<Block>::Unpack(BlockAt<Block>(w + r * w_stride, b), u);
+      ib.d[r] = u.d;
+      ib.c[r] = u.c;
+      for (size_t j = 0; j < kNumSub; ++j) ib.sc[j][r] = u.sc[j];
+      for (size_t p = 0; p < 8; ++p) {
+        ib.mm[p][r][0] = u.mm[2 * p];
+        ib.mm[p][r][1] = u.mm[2 * p + 1];
+      }
+      for (size_t g = 0; g < kQK_K / 4; ++g) std::memcpy(ib.q[g][r], u.q + 4 * g, 4);
+    }
+  }
+}
+
+using InterleavedKTileFn = void (*)(const InterleavedKBlock*, const uint8_t*, size_t, size_t, float*, size_t, size_t);
+
+HWY_INLINE __m512i Broadcast4Bytes(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// y[t * ldy + r] = row r . token t for t < T, r < nr; x: T rows of nb Q8_K
+// blocks, x_stride bytes apart.
+template <size_t kSub, size_t T>
+ENGRAM_VNNI_ATTR HWY_NOINLINE void InterleavedKTile(const InterleavedKBlock* HWY_RESTRICT w,
+                                                    const uint8_t* HWY_RESTRICT x, size_t x_stride, size_t nb,
+                                                    float* HWY_RESTRICT y, size_t ldy, size_t nr) {
+  constexpr size_t kNumSub = kQK_K / kSub, kGroups = kSub / 4;
+  __m512 acc[T];
+  for (size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (size_t b = 0; b < nb; ++b) {
+    const InterleavedKBlock& wb = w[b];
+    const BlockQ8_K* xb[T];
+    for (size_t t = 0; t < T; ++t) xb[t] = &BlockAt<BlockQ8_K>(x + t * x_stride, b);
+    __m512i total[T], correction[T];
+    for (size_t t = 0; t < T; ++t) total[t] = correction[t] = _mm512_setzero_si512();
+    for (size_t j = 0; j < kNumSub; ++j) {
+      __m512i sum[T];
+      for (size_t t = 0; t < T; ++t) sum[t] = _mm512_setzero_si512();
+      for (size_t g = 0; g < kGroups; ++g) {
+        const __m512i wq = _mm512_loadu_si512(wb.q[j * kGroups + g]);
+        for (size_t t = 0; t < T; ++t) {
+          sum[t] = _mm512_dpbusd_epi32(sum[t], wq, Broadcast4Bytes(xb[t]->qs + j * kSub + 4 * g));
+        }
+      }
+      const __m512i sc = _mm512_loadu_si512(wb.sc[j]);
+      for (size_t t = 0; t < T; ++t) total[t] = _mm512_add_epi32(total[t], _mm512_mullo_epi32(sum[t], sc));
+    }
+    for (size_t p = 0; p < 8; ++p) {
+      const __m512i mm = _mm512_loadu_si512(wb.mm[p]);
+      for (size_t t = 0; t < T; ++t) {
+        correction[t] = _mm512_dpwssd_epi32(correction[t], mm, Broadcast4Bytes(xb[t]->bsums + 2 * p));
+      }
+    }
+    const __m512 d = _mm512_loadu_ps(wb.d), c = _mm512_loadu_ps(wb.c);
+    for (size_t t = 0; t < T; ++t) {
+      const __m512 xd = _mm512_set1_ps(xb[t]->d);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total[t]), _mm512_mul_ps(d, xd), acc[t]);
+      acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(correction[t]), _mm512_mul_ps(c, xd), acc[t]);
+    }
+  }
+  const __mmask16 rows = static_cast<__mmask16>((1u << nr) - 1);
+  for (size_t t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
+}
+
+// Tokens per K-quant tile: 3 T accumulators (float, total, correction) and
+// T sub-block sums.
+constexpr size_t kInterleavedKTokens = 6;
+
+template <size_t kSub, size_t... I>
+constexpr auto MakeInterleavedKTiles(std::index_sequence<I...>) {
+  return std::array<InterleavedKTileFn, sizeof...(I)>{&InterleavedKTile<kSub, I + 1>...};
+}
+
+template <class Block>
+void InterleavedKGemm(const uint8_t* w, size_t w_stride, size_t n_rows, const uint8_t* x, size_t x_stride,
+                      size_t n_tokens, size_t nb, float* y, size_t ldy) {
+  static constexpr auto kTiles =
+      MakeInterleavedKTiles<KLayout<Block>::kSub>(std::make_index_sequence<kInterleavedKTokens>());
+  thread_local std::vector<InterleavedKBlock> packed;
+  packed.resize(nb);
+  for (size_t r0 = 0; r0 < n_rows; r0 += kLaneRows) {
+    const size_t nr = std::min(kLaneRows, n_rows - r0);
+    InterleaveKRows<Block>(w + r0 * w_stride, w_stride, nr, nb, packed.data());
+    for (size_t t0 = 0; t0 < n_tokens; t0 += kInterleavedKTokens) {
+      const size_t nt = std::min(kInterleavedKTokens, n_tokens - t0);
+      kTiles[nt - 1](packed.data(), x + t0 * x_stride, x_stride, nb, y + t0 * ldy + r0, ldy, nr);
+    }
+  }
+}
+
 #endif  // ENGRAM_GEMM_VNNI
 
 template <class Block>
@@ -787,6 +954,14 @@ bool GemmQ8Impl(GgmlType type, const uint8_t* w, size_t w_stride, size_t n_rows,
       InterleavedGemm<BlockQ4_0>(w, w_stride, n_rows, a, n_tokens, y, ldy);
       return true;
     }
+  }
+  if (type == GgmlType::Q4_K) {
+    InterleavedKGemm<BlockQ4_K>(w, w_stride, n_rows, x, x_stride, n_tokens, n_in / kQK_K, y, ldy);
+    return true;
+  }
+  if (type == GgmlType::Q6_K) {
+    InterleavedKGemm<BlockQ6_K>(w, w_stride, n_rows, x, x_stride, n_tokens, n_in / kQK_K, y, ldy);
+    return true;
   }
 #else
   (void)x_scale, (void)x_start;
