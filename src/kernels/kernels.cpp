@@ -402,6 +402,7 @@ HWY_INLINE float DotQ8KT(const Block* HWY_RESTRICT w, const BlockQ8_K* HWY_RESTR
 // exact integer block sum, as on the generic path. 256-bit vectors: one Q8_0
 // block or one sub-block of 32 per register.
 #undef ENGRAM_X86_BYTE_DOT
+#undef ENGRAM_X86_PAIR_MATVEC
 #if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL || \
     (defined(HWY_AVX3_ZEN4) && HWY_TARGET == HWY_AVX3_ZEN4) || (defined(HWY_AVX3_SPR) && HWY_TARGET == HWY_AVX3_SPR)
 #define ENGRAM_X86_BYTE_DOT 1
@@ -450,25 +451,178 @@ HWY_INLINE float SumLanes(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
 }
 
-// y[r] = row r . x for kRows rows of nb Q8_0 / Q4_0 blocks, row_size bytes
-// apart, each activation block loaded once for all rows (matvec uses kRows = 1:
-// see MatVecQ8T).
-template <size_t kRows, class Block>
-HWY_INLINE void DotRowsQ8X86(const uint8_t* HWY_RESTRICT w, size_t row_size, const BlockQ8_0* HWY_RESTRICT x,
-                             size_t nb, float* HWY_RESTRICT y) {
-  __m256 acc[kRows];
-  for (size_t r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
-  for (size_t b = 0; b < nb; ++b) {
+// acc + (w . x) * w.d * xd for one block; x's quants xq, their Setup and
+// its scale xd.
+template <class Block>
+HWY_INLINE __m256 BlockStepQ8X86(const Block& w, __m256i xq, __m256i setup, float xd, __m256 acc) {
+  const __m256 sum = _mm256_cvtepi32_ps(BlockDotX86<Block>::Sum(w, xq, setup));
+  return _mm256_fmadd_ps(_mm256_set1_ps(HalfToF32X86(w.d) * xd), sum, acc);
+}
+
+// What a matrix-vector product needs of an activation block besides its
+// quants, computed once for all rows instead of once per row.
+struct PreparedQ8_0 {
+  int32_t setup[8];  // BlockDotX86<Block>::Setup(quants)
+  float d;           // the scale as float
+};
+
+// One row of nb Q8_0 / Q4_0 blocks . x (`prepared`: null, or x's
+// PreparedQ8_0 for this Block). Four accumulators, blocks taken
+// round-robin: with one, every block waits for the previous block's fused
+// multiply-add (4 cycles of latency), and generation was bound by that chain
+// at 60% of the memory bandwidth.
+template <class Block>
+HWY_INLINE float DotRowQ8X86(const Block* HWY_RESTRICT w, const BlockQ8_0* HWY_RESTRICT x, size_t nb,
+                             const PreparedQ8_0* HWY_RESTRICT prepared = nullptr) {
+  constexpr size_t kAcc = 4;
+  __m256 acc[kAcc];
+  for (__m256& a : acc) a = _mm256_setzero_ps();
+  const auto step = [&](size_t b, __m256 sum) {
     const __m256i xq = LoadBytes(x[b].qs);
-    const __m256i setup = BlockDotX86<Block>::Setup(xq);
-    const float xd = HalfToF32X86(x[b].d);
-    for (size_t r = 0; r < kRows; ++r) {
-      const Block& wb = reinterpret_cast<const Block*>(w + r * row_size)[b];
-      const __m256 sum = _mm256_cvtepi32_ps(BlockDotX86<Block>::Sum(wb, xq, setup));
-      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(HalfToF32X86(wb.d) * xd), sum, acc[r]);
+    if (prepared != nullptr) {
+      return BlockStepQ8X86(w[b], xq, LoadBytes(prepared[b].setup), prepared[b].d, sum);
     }
+    return BlockStepQ8X86(w[b], xq, BlockDotX86<Block>::Setup(xq), HalfToF32X86(x[b].d), sum);
+  };
+  size_t b = 0;
+  for (; b + kAcc <= nb; b += kAcc) {
+    for (size_t k = 0; k < kAcc; ++k) acc[k] = step(b + k, acc[k]);
   }
-  for (size_t r = 0; r < kRows; ++r) y[r] = SumLanes(acc[r]);
+  for (; b < nb; ++b) acc[0] = step(b, acc[0]);
+  return SumLanes(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+}
+
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+#define ENGRAM_X86_PAIR_MATVEC 1
+// AVX-512: two blocks per 512-bit vector. Everything that depends only on
+// the activations (their quants in the weights' lane order, Q4_0's offset
+// sums, the scale of each lane) is prepared once per product; per row and
+// pair of blocks what remains is unpacking the weights, one multiply-add
+// pair, the two weight scales and one fused multiply-add.
+// Plain arrays, read with unaligned loads: a std::vector of vector types
+// is not guaranteed 64-byte alignment here.
+struct PreparedPair {
+  int8_t q[64];       // activation quants, in the lane order of PairLayout
+  int32_t setup[16];  // BlockDotX86::Setup of those quants, per int32 lane
+  float d[16];        // int32 lane i's activation scale
+};
+
+template <class Block>
+struct PairLayout;
+
+// Q8_0: lanes [block 0: 0..31 | block 1: 0..31]; int32 lanes 8-15 are block 1.
+template <>
+struct PairLayout<BlockQ8_0> {
+  static constexpr __mmask16 kSecond = 0xFF00;
+  static HWY_INLINE __m512i Activations(const BlockQ8_0& x0, const BlockQ8_0& x1) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(LoadBytes(x0.qs)), LoadBytes(x1.qs), 1);
+  }
+  static HWY_INLINE __m512i Sum(const BlockQ8_0* w, const PreparedPair& p) {
+    const __m512i wq = Activations(w[0], w[1]);  // the same layout
+    const __mmask64 negative = _mm512_movepi8_mask(wq);
+    const __m512i xq = _mm512_loadu_si512(p.q);
+    const __m512i xs = _mm512_mask_sub_epi8(xq, negative, _mm512_setzero_si512(), xq);
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(wq), xs), _mm512_set1_epi16(1));
+  }
+};
+
+// Q4_0: 128-bit lanes [block 0: 0..15 | block 1: 0..15 | block 0: 16..31 |
+// block 1: 16..31], the order in which the packed nibbles unpack; int32
+// lanes 4-7 and 12-15 are block 1.
+template <>
+struct PairLayout<BlockQ4_0> {
+  static constexpr __mmask16 kSecond = 0xF0F0;
+  static HWY_INLINE __m512i Activations(const BlockQ8_0& x0, const BlockQ8_0& x1) {
+    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(LoadBytes(x0.qs)), LoadBytes(x1.qs), 1);
+    return _mm512_permutexvar_epi64(_mm512_set_epi64(7, 6, 3, 2, 5, 4, 1, 0), both);
+  }
+  static HWY_INLINE __m512i Sum(const BlockQ4_0* w, const PreparedPair& p) {
+    const __m256i packed = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[0].qs))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[1].qs)), 1);
+    const __m512i nibbles = _mm512_inserti64x4(_mm512_castsi256_si512(packed), _mm256_srli_epi16(packed, 4), 1);
+    const __m512i q = _mm512_and_si512(nibbles, _mm512_set1_epi8(0x0F));
+    const __m512i qx = _mm512_madd_epi16(_mm512_maddubs_epi16(q, _mm512_loadu_si512(p.q)), _mm512_set1_epi16(1));
+    return _mm512_sub_epi32(qx, _mm512_loadu_si512(p.setup));
+  }
+};
+
+// int32 lane i: the scale of the block lane i belongs to.
+template <class Block>
+HWY_INLINE __m512 PairScales(uint16_t d0, uint16_t d1) {
+  const __m256i halves = _mm256_mask_set1_epi16(_mm256_set1_epi16(static_cast<int16_t>(d0)),
+                                                PairLayout<Block>::kSecond, static_cast<int16_t>(d1));
+  return _mm512_cvtph_ps(halves);
+}
+
+template <class Block>
+HWY_INLINE void PreparePairs(const BlockQ8_0* x, size_t n_pairs, PreparedPair* out) {
+  for (size_t i = 0; i < n_pairs; ++i) {
+    const BlockQ8_0& x0 = x[2 * i];
+    const BlockQ8_0& x1 = x[2 * i + 1];
+    const __m512i q = PairLayout<Block>::Activations(x0, x1);
+    const __m512i eight_x = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_set1_epi8(8), q), _mm512_set1_epi16(1));
+    _mm512_storeu_si512(out[i].q, q);
+    _mm512_storeu_si512(out[i].setup, std::is_same_v<Block, BlockQ4_0> ? eight_x : _mm512_setzero_si512());
+    _mm512_storeu_ps(out[i].d, PairScales<Block>(x0.d, x1.d));
+  }
+}
+
+// How far ahead of the multiply-adds the weights are prefetched.
+constexpr size_t kPrefetchBytes = 2048;
+
+// Rows [begin, end) . x with pairs prepared; an odd last block on 256 bits.
+template <class Block>
+HWY_INLINE void MatVecPairs(const uint8_t* HWY_RESTRICT w, size_t row_size, const BlockQ8_0* HWY_RESTRICT x,
+                            size_t nb, float* HWY_RESTRICT y, size_t begin, size_t end) {
+  thread_local std::vector<PreparedPair> prepared;
+  const size_t n_pairs = nb / 2;
+  prepared.resize(n_pairs);
+  PreparePairs<Block>(x, n_pairs, prepared.data());
+  const PreparedPair* p = prepared.data();
+  for (size_t o = begin; o < end; ++o) {
+    const Block* row = reinterpret_cast<const Block*>(w + o * row_size);
+    constexpr size_t kAcc = 4;  // independent chains: see DotRowQ8X86
+    __m512 acc[kAcc];
+    for (__m512& a : acc) a = _mm512_setzero_ps();
+    const auto step = [&](size_t i, __m512 sum) {
+      const __m512 scale = _mm512_mul_ps(PairScales<Block>(row[2 * i].d, row[2 * i + 1].d), _mm512_loadu_ps(p[i].d));
+      return _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(PairLayout<Block>::Sum(row + 2 * i, p[i])), sum);
+    };
+    size_t i = 0;
+    for (; i + kAcc <= n_pairs; i += kAcc) {
+      // The weights stream from memory once: ask for them ahead of time
+      // (the rows are contiguous, so this runs on into the next row).
+      const char* ahead = reinterpret_cast<const char*>(row + 2 * i) + kPrefetchBytes;
+      for (size_t line = 0; line < kAcc * 2 * sizeof(Block); line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+      for (size_t k = 0; k < kAcc; ++k) acc[k] = step(i + k, acc[k]);
+    }
+    for (; i < n_pairs; ++i) acc[0] = step(i, acc[0]);
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+    if (nb % 2 != 0) sum += DotRowQ8X86(row + nb - 1, x + nb - 1, 1);
+    y[o - begin] = sum;
+  }
+}
+#else
+#define ENGRAM_X86_PAIR_MATVEC 0
+#endif
+
+// y[o - begin] = row o . x for rows [begin, end) of Q8_0 / Q4_0 weights.
+template <class Block>
+HWY_INLINE void MatVecQ8_0X86(const uint8_t* HWY_RESTRICT w, size_t row_size, const BlockQ8_0* HWY_RESTRICT x,
+                              size_t nb, float* HWY_RESTRICT y, size_t begin, size_t end) {
+#if ENGRAM_X86_PAIR_MATVEC
+  if (nb >= 2) return MatVecPairs<Block>(w, row_size, x, nb, y, begin, end);
+#endif
+  thread_local std::vector<PreparedQ8_0> prepared;
+  prepared.resize(nb);
+  for (size_t b = 0; b < nb; ++b) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(prepared[b].setup), BlockDotX86<Block>::Setup(LoadBytes(x[b].qs)));
+    prepared[b].d = HalfToF32X86(x[b].d);
+  }
+  for (size_t o = begin; o < end; ++o) {
+    y[o - begin] = DotRowQ8X86(reinterpret_cast<const Block*>(w + o * row_size), x, nb, prepared.data());
+  }
 }
 
 // Bytes (2j, 2j+1) of every 128-bit lane, repeated: with _mm256_shuffle_epi8,
@@ -536,9 +690,11 @@ HWY_INLINE __m256 SuperBlockDotX86(const BlockQ6_K& w, const BlockQ8_K& x, __m25
 
 template <class Block>
 HWY_INLINE float DotQ8KX86(const Block* HWY_RESTRICT w, const BlockQ8_K* HWY_RESTRICT x, size_t nb) {
-  __m256 acc = _mm256_setzero_ps();
-  for (size_t b = 0; b < nb; ++b) acc = SuperBlockDotX86(w[b], x[b], acc);
-  return SumLanes(acc);
+  // Two accumulators, as in DotRowQ8X86: each super-block ends in two
+  // dependent fused multiply-adds.
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (size_t b = 0; b < nb; ++b) acc[b % 2] = SuperBlockDotX86(w[b], x[b], acc[b % 2]);
+  return SumLanes(_mm256_add_ps(acc[0], acc[1]));
 }
 
 #else
@@ -550,9 +706,7 @@ template <class Block, class XBlock>
 HWY_INLINE float DotRowQ8(const Block* HWY_RESTRICT w, const XBlock* HWY_RESTRICT x, size_t nb) {
 #if ENGRAM_X86_BYTE_DOT
   if constexpr (std::is_same_v<XBlock, BlockQ8_0>) {
-    float y;
-    DotRowsQ8X86<1, Block>(reinterpret_cast<const uint8_t*>(w), 0, x, nb, &y);
-    return y;
+    return DotRowQ8X86(w, x, nb);
   } else {
     return DotQ8KX86(w, x, nb);
   }
@@ -570,6 +724,12 @@ HWY_INLINE float DotRowQ8(const Block* HWY_RESTRICT w, const XBlock* HWY_RESTRIC
 template <class Block, class XBlock>
 HWY_INLINE void MatVecQ8T(const uint8_t* HWY_RESTRICT w, size_t row_size, const XBlock* HWY_RESTRICT x, size_t nb,
                           float* HWY_RESTRICT y, size_t begin, size_t end) {
+#if ENGRAM_X86_BYTE_DOT
+  if constexpr (std::is_same_v<XBlock, BlockQ8_0>) {
+    MatVecQ8_0X86<Block>(w, row_size, x, nb, y, begin, end);
+    return;
+  }
+#endif
   // One row at a time: interleaving 2 or 4 rows (sharing the activation
   // loads) measured 3-4x slower here (AMD EPYC, tg of a 125M Q8_0 model).
   for (size_t o = begin; o < end; ++o) y[o - begin] = DotRowQ8(reinterpret_cast<const Block*>(w + o * row_size), x, nb);
