@@ -28,6 +28,7 @@
 #define HWY_TARGET_INCLUDE "kernels/kernels.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 
+#include <hwy/cache_control.h>
 #include <hwy/highway.h>
 #include <hwy/contrib/math/math-inl.h>
 
@@ -67,15 +68,30 @@ HWY_INLINE hn::Vec<D> LoadAsF32(D d, Brain b, size_t i) {
 
 // ---- Reductions ----
 
+// Where a row's bits start (prefetching).
+HWY_INLINE const void* RowBits(const float* p) { return p; }
+HWY_INLINE const void* RowBits(Half h) { return h.bits; }
+HWY_INLINE const void* RowBits(Brain b) { return b.bits; }
+
+// Elements of `a` a streaming dot prefetches ahead of its multiply-adds.
+constexpr size_t kStreamAhead = 4096;
+
 // sum_i a[i] * b[i]. Four independent accumulators hide the latency of the
-// fused multiply-add (and add a little pairwise-summation accuracy).
-template <class A>
+// fused multiply-add (and add a little pairwise-summation accuracy). With
+// kStream (generation: a is a weight row read once from memory), a is
+// prefetched kStreamAhead elements ahead.
+template <bool kStream = false, class A>
 HWY_INLINE float DotT(A a, const float* HWY_RESTRICT b, size_t n) {
   const DF d;
   const size_t N = hn::Lanes(d);
   auto acc0 = hn::Zero(d), acc1 = hn::Zero(d), acc2 = hn::Zero(d), acc3 = hn::Zero(d);
   size_t i = 0;
   for (; i + 4 * N <= n; i += 4 * N) {
+    if constexpr (kStream) {
+      const auto* bits = static_cast<const char*>(RowBits(a));
+      const size_t elem = std::is_same_v<A, const float*> ? sizeof(float) : sizeof(uint16_t);
+      for (size_t byte = 0; byte < 4 * N * elem; byte += 64) hwy::Prefetch(bits + (i + kStreamAhead) * elem + byte);
+    }
     acc0 = hn::MulAdd(LoadAsF32(d, a, i), hn::LoadU(d, b + i), acc0);
     acc1 = hn::MulAdd(LoadAsF32(d, a, i + N), hn::LoadU(d, b + i + N), acc1);
     acc2 = hn::MulAdd(LoadAsF32(d, a, i + 2 * N), hn::LoadU(d, b + i + 2 * N), acc2);
@@ -96,6 +112,16 @@ HWY_INLINE float DotT(A a, const float* HWY_RESTRICT b, size_t n) {
 float DotImpl(const float* a, const float* b, size_t n) { return DotT(a, b, n); }
 float DotF16Impl(const uint16_t* a, const float* b, size_t n) { return DotT(Half{a}, b, n); }
 float DotBF16Impl(const uint16_t* a, const float* b, size_t n) { return DotT(Brain{a}, b, n); }
+
+// Generation with F16 / BF16 weights: y[o - begin] = row o . x for rows
+// [begin, end), row_size bytes apart, each read once from memory.
+void MatVecHalfImpl(GgmlType type, const uint8_t* w, size_t row_size, const float* x, size_t n, float* y,
+                    size_t begin, size_t end) {
+  for (size_t o = begin; o < end; ++o) {
+    const auto* row = reinterpret_cast<const uint16_t*>(w + o * row_size);
+    y[o - begin] = type == GgmlType::BF16 ? DotT<true>(Brain{row}, x, n) : DotT<true>(Half{row}, x, n);
+  }
+}
 
 float MaxImpl(const float* x, size_t n) {
   const DF d;
@@ -856,6 +882,7 @@ HWY_EXPORT(DotQ4_0Q8Impl);
 HWY_EXPORT(DotQ4_KQ8Impl);
 HWY_EXPORT(DotQ6_KQ8Impl);
 HWY_EXPORT(MatVecQ8Impl);
+HWY_EXPORT(MatVecHalfImpl);
 HWY_EXPORT(QuantizeQ8_0Impl);
 HWY_EXPORT(QuantizeQ8_KImpl);
 HWY_EXPORT(TargetImpl);
@@ -1027,17 +1054,22 @@ void matmul(const TensorView& W, const float* x, float* y, int n_tokens, ThreadP
   const int64_t n_out = W.ne[1];
   const size_t row_size = W.row_size();
   const auto* base = static_cast<const uint8_t*>(W.data);
-  // F32 rows are used in place; every other type is converted once per row
-  // into the chunk's scratch and reused for all tokens (prefill). A single
-  // token of F16/BF16 is cheaper to dot directly.
-  const bool in_place = W.type == GgmlType::F32 ||
-                        (n_tokens == 1 && (W.type == GgmlType::F16 || W.type == GgmlType::BF16));
-  const size_t nt = static_cast<size_t>(n_tokens);
-  const size_t ni = static_cast<size_t>(n_in);
-  const size_t no = static_cast<size_t>(n_out);
   // Rows per grain: neighbouring threads then rarely write the same cache
   // line of y.
   constexpr size_t kGrain = 16;
+  if (n_tokens == 1 && (W.type == GgmlType::F16 || W.type == GgmlType::BF16)) {
+    const auto mat_vec = HWY_DYNAMIC_DISPATCH(MatVecHalfImpl);
+    pool.parallel_for(static_cast<size_t>(n_out), [&](size_t begin, size_t end, int) {
+      mat_vec(W.type, base, row_size, x, static_cast<size_t>(n_in), y + begin, begin, end);
+    }, kGrain);
+    return;
+  }
+  // F32 rows are used in place; every other type is converted once per row
+  // into the chunk's scratch and reused for all tokens (prefill).
+  const bool in_place = W.type == GgmlType::F32;
+  const size_t nt = static_cast<size_t>(n_tokens);
+  const size_t ni = static_cast<size_t>(n_in);
+  const size_t no = static_cast<size_t>(n_out);
   pool.parallel_for(no, [&](size_t begin, size_t end, int) {
     std::vector<float> scratch(in_place ? 0 : ni);
     for (size_t o = begin; o < end; ++o) {
