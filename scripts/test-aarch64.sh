@@ -7,6 +7,9 @@
 #   max         - every feature qemu emulates. The SVE targets are disabled
 #                 in Arm builds for now (CMakeLists.txt: wrong integer dots),
 #                 so this runs NEON too; use it to test SVE once re-enabled.
+# The kernel tests also run on ENGRAM_AARCH64_DOTPROD_CPU (default max), a
+# CPU with Armv8.2's dot product, so the sdot path of the Q8_0 / Q4_0 dots
+# runs as well (cortex-a72 has none).
 # The model tests compare logits with llama.cpp's (../shared/ref) as on x86.
 # Needs the packages of scripts/setup.sh (cross compiler, qemu-user, arm64
 # libraries through multiarch). Exit status 77: toolchain missing (skip).
@@ -49,4 +52,13 @@ for cpu in $cpus; do
     fi
   done
 done
+dotprod_cpu=${ENGRAM_AARCH64_DOTPROD_CPU:-max}
+if [ -n "$dotprod_cpu" ]; then
+  printf '\n--- engram_kernels_tests on qemu -cpu %s (Arm dot product) ---\n' "$dotprod_cpu"
+  if ! QEMU_CPU=$dotprod_cpu "$qemu" "$build/engram_kernels_tests" --gtest_brief=1 \
+       --gtest_output="xml:$build/engram_kernels_tests.$dotprod_cpu.xml"; then
+    echo "aarch64: engram_kernels_tests FAILED on qemu -cpu $dotprod_cpu" >&2
+    status=1
+  fi
+fi
 exit $status

@@ -21,6 +21,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#endif
+
 #include "quant/blocks.h"
 #include "quant/quant.h"
 
@@ -327,6 +331,66 @@ HWY_INLINE float DotQ8T(const Block* HWY_RESTRICT w, const BlockQ8_0* HWY_RESTRI
     acc0 = hn::MulAdd(hn::Set(df, s), hn::ConvertTo(df, BlockSum(w[b], x[b])), acc0);
   }
   return hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
+}
+
+// Armv8.2's optional dot product instruction (sdot: 16 int8 x int8 products
+// summed into 4 int32 lanes, where the widening path above takes 4
+// instructions) is not assumed by Highway's NEON target. These functions are
+// compiled for it and called only when the CPU reports it (HWCAP_ASIMDDP).
+#undef ENGRAM_ARM_DOTPROD
+#if HWY_ARCH_ARM_A64 && HWY_TARGET == HWY_NEON
+#define ENGRAM_ARM_DOTPROD 1
+#define ENGRAM_DOTPROD_ATTR __attribute__((target("arch=armv8.2-a+dotprod")))
+
+constexpr unsigned long kHwcapAsimdDp = 1UL << 20;  // HWCAP_ASIMDDP of the kernel's asm/hwcap.h
+
+HWY_INLINE bool CpuHasDotProd() {
+  static const bool has = (getauxval(AT_HWCAP) & kHwcapAsimdDp) != 0;
+  return has;
+}
+
+ENGRAM_DOTPROD_ATTR inline int32x4_t BlockDotProd(const BlockQ8_0& w, const BlockQ8_0& x) {
+  const int32x4_t sum = vdotq_s32(vdupq_n_s32(0), vld1q_s8(w.qs), vld1q_s8(x.qs));
+  return vdotq_s32(sum, vld1q_s8(w.qs + 16), vld1q_s8(x.qs + 16));
+}
+
+// Q4_0: low nibbles are elements 0..15, high nibbles 16..31; q - 8 signed.
+ENGRAM_DOTPROD_ATTR inline int32x4_t BlockDotProd(const BlockQ4_0& w, const BlockQ8_0& x) {
+  const uint8x16_t packed = vld1q_u8(w.qs);
+  const int8x16_t eight = vdupq_n_s8(8);
+  const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(packed, vdupq_n_u8(0x0F))), eight);
+  const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(packed, 4)), eight);
+  const int32x4_t sum = vdotq_s32(vdupq_n_s32(0), lo, vld1q_s8(x.qs));
+  return vdotq_s32(sum, hi, vld1q_s8(x.qs + 16));
+}
+
+ENGRAM_DOTPROD_ATTR inline float HalfBitsToF32(uint16_t h) {
+  __fp16 f;
+  std::memcpy(&f, &h, sizeof f);
+  return static_cast<float>(f);
+}
+
+// DotQ8T with sdot: the same exact block sums, two float accumulators.
+template <class Block>
+ENGRAM_DOTPROD_ATTR HWY_NOINLINE float DotQ8DotProd(const Block* HWY_RESTRICT w, const BlockQ8_0* HWY_RESTRICT x,
+                                                    size_t nb) {
+  float32x4_t acc[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+  for (size_t b = 0; b < nb; ++b) {
+    const float scale = HalfBitsToF32(w[b].d) * HalfBitsToF32(x[b].d);
+    acc[b % 2] = vfmaq_n_f32(acc[b % 2], vcvtq_f32_s32(BlockDotProd(w[b], x[b])), scale);
+  }
+  return vaddvq_f32(vaddq_f32(acc[0], acc[1]));
+}
+#else
+#define ENGRAM_ARM_DOTPROD 0
+#endif
+
+bool UsesArmDotProdImpl() {
+#if ENGRAM_ARM_DOTPROD
+  return CpuHasDotProd();
+#else
+  return false;
+#endif
 }
 
 // ---- K-quant weights with Q8_K activations (super-blocks of 256) ----
@@ -738,6 +802,9 @@ HWY_INLINE float DotRowQ8(const Block* HWY_RESTRICT w, const XBlock* HWY_RESTRIC
   }
 #else
   if constexpr (std::is_same_v<XBlock, BlockQ8_0>) {
+#if ENGRAM_ARM_DOTPROD
+    if (CpuHasDotProd()) return DotQ8DotProd(w, x, nb);
+#endif
     return DotQ8T(w, x, nb);
   } else {
     return DotQ8KT(w, x, nb);
@@ -886,6 +953,7 @@ HWY_EXPORT(MatVecHalfImpl);
 HWY_EXPORT(QuantizeQ8_0Impl);
 HWY_EXPORT(QuantizeQ8_KImpl);
 HWY_EXPORT(TargetImpl);
+HWY_EXPORT(UsesArmDotProdImpl);
 
 float dot(const float* a, const float* b, size_t n) { return HWY_DYNAMIC_DISPATCH(DotImpl)(a, b, n); }
 float dot_f16(const uint16_t* a, const float* b, size_t n) { return HWY_DYNAMIC_DISPATCH(DotF16Impl)(a, b, n); }
@@ -904,6 +972,7 @@ void silu_mul(const float* gate, const float* up, float* out, size_t n) {
 float max_value(const float* x, size_t n) { return HWY_DYNAMIC_DISPATCH(MaxImpl)(x, n); }
 
 const char* active_target() { return hwy::TargetName(HWY_DYNAMIC_DISPATCH(TargetImpl)()); }
+bool uses_arm_dotprod() { return HWY_DYNAMIC_DISPATCH(UsesArmDotProdImpl)(); }
 
 namespace {
 

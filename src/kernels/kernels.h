@@ -75,5 +75,8 @@ void get_row(const TensorView& W, int64_t i, float* out);
 
 // Name of the SIMD target chosen at run time, e.g. "AVX2" (for logs and bench).
 const char* active_target();
+// Whether the Q8_0 / Q4_0 dot products use Arm's optional dot product
+// instruction (sdot, Armv8.2 dotprod) on this CPU; false elsewhere.
+bool uses_arm_dotprod();
 
 }  // namespace engram::kernels

@@ -118,7 +118,8 @@ TEST(Kernels, ForcesEveryTargetAndReportsIt) {
   const std::vector<std::string> names = for_each_target([] {});
   std::string list;
   for (const std::string& n : names) list += n + " ";
-  std::printf("[kernels] Highway targets tested here: %s(dispatched by default: %s)\n", list.c_str(), active_target());
+  std::printf("[kernels] Highway targets tested here: %s(dispatched by default: %s; Arm sdot: %s)\n", list.c_str(),
+              active_target(), uses_arm_dotprod() ? "used" : "not used");
   RecordProperty("hwy_targets", list);
   // Forcing must actually switch the dispatched code: each forced target
   // reports its own name from inside the dispatched function.
