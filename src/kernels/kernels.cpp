@@ -593,7 +593,7 @@ HWY_INLINE float DotRowQ8X86(const Block* HWY_RESTRICT w, const BlockQ8_0* HWY_R
 // is not guaranteed 64-byte alignment here.
 struct PreparedPair {
   int8_t q[64];       // activation quants, in the lane order of PairLayout
-  int32_t setup[16];  // BlockDotX86::Setup of those quants, per int32 lane
+  int32_t setup[16];  // Q4_0: BlockDotX86::Setup of those quants, per int32 lane
   float d[16];        // int32 lane i's activation scale
 };
 
@@ -651,9 +651,11 @@ HWY_INLINE void PreparePairs(const BlockQ8_0* x, size_t n_pairs, PreparedPair* o
     const BlockQ8_0& x0 = x[2 * i];
     const BlockQ8_0& x1 = x[2 * i + 1];
     const __m512i q = PairLayout<Block>::Activations(x0, x1);
-    const __m512i eight_x = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_set1_epi8(8), q), _mm512_set1_epi16(1));
     _mm512_storeu_si512(out[i].q, q);
-    _mm512_storeu_si512(out[i].setup, std::is_same_v<Block, BlockQ4_0> ? eight_x : _mm512_setzero_si512());
+    if constexpr (std::is_same_v<Block, BlockQ4_0>) {  // Q8_0's Sum reads no setup
+      const __m512i eight_x = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_set1_epi8(8), q), _mm512_set1_epi16(1));
+      _mm512_storeu_si512(out[i].setup, eight_x);
+    }
     _mm512_storeu_ps(out[i].d, PairScales<Block>(x0.d, x1.d));
   }
 }

@@ -23,6 +23,7 @@
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
 #include "memory/memory.h"
+#include "memory/online_softmax.h"
 
 namespace engram {
 namespace {
@@ -479,20 +480,8 @@ class DenseMemory final : public Memory {
             if (!present[static_cast<size_t>(j0) + r]) s[r] = -std::numeric_limits<float>::infinity();
           }
         }
-        const float chunk_max = kernels::max_value(s, count);
-        if (chunk_max == -std::numeric_limits<float>::infinity()) continue;  // nothing visible here
-        float* o = out + query(row) * v_dim;
-        float& max = ts.max[static_cast<size_t>(row)];
-        float& sum = ts.sum[static_cast<size_t>(row)];
-        if (chunk_max > max) {
-          const float rescale = std::exp(max - chunk_max);  // 0 while max is -infinity
-          if (sum > 0.f) kernels::scale(o, rescale, static_cast<size_t>(v_dim));
-          sum *= rescale;
-          max = chunk_max;
-        }
-        sum += kernels::exp_shift_sum(s, count, max);
-        kernels::add_weighted_rows(s, v_base + static_cast<size_t>(j0) * v_stride, v_stride, count,
-                                   static_cast<size_t>(v_dim), o);
+        fold_chunk(s, count, v_base + static_cast<size_t>(j0) * v_stride, v_stride, static_cast<size_t>(v_dim),
+                   ts.max[static_cast<size_t>(row)], ts.sum[static_cast<size_t>(row)], out + query(row) * v_dim);
       }
     }
     for (int row = 0; row < rows; ++row) {

@@ -3,6 +3,7 @@
 #include "memory/engram_memory.h"
 
 #include "memory/key_index.h"
+#include "memory/online_softmax.h"
 #include "quant/quant.h"
 
 #include <algorithm>
@@ -144,16 +145,8 @@ void add_rows(const float* q, const float* kT, size_t col_stride, const float* v
   for (int64_t r0 = lo; r0 < hi; r0 += kRows) {
     const size_t n = static_cast<size_t>(std::min<int64_t>(hi - r0, kRows));
     kernels::dot_cols(kT + r0, col_stride, n, static_cast<size_t>(k_dim), q, scale, scores);
-    const float m = kernels::max_value(scores, n);
-    if (m > run_max) {  // rescale what was accumulated under the old max
-      const float c = std::exp(run_max - m);  // exp(-inf) = 0 on the first rows
-      run_sum *= c;
-      kernels::scale(acc, c, static_cast<size_t>(v_dim));
-      run_max = m;
-    }
-    run_sum += kernels::exp_shift_sum(scores, n, run_max);
-    kernels::add_weighted_rows(scores, v + static_cast<size_t>(r0) * v_stride, v_stride, n,
-                               static_cast<size_t>(v_dim), acc);
+    fold_chunk(scores, n, v + static_cast<size_t>(r0) * v_stride, v_stride, static_cast<size_t>(v_dim), run_max,
+               run_sum, acc);
   }
 }
 
