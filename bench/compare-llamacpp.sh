@@ -12,7 +12,9 @@
 # tokens, N (128) generated tokens, ROUNDS (2) alternations per model,
 # ENGRAM (the engram binary; default build/engram beside this script),
 # KEEP (a directory to keep the raw JSON in), PEER_ARGS (extra llama-bench
-# flags, e.g. "--poll 0" on a busy machine, where busy-waiting threads stall).
+# flags, e.g. "--poll 0" on a busy machine, where busy-waiting threads stall,
+# or "-mmp 0" to load its weights into memory), ENGRAM_ARGS (extra engram
+# bench speed flags, e.g. "--load mmap").
 set -euo pipefail
 
 THREADS=${THREADS:-2}
@@ -21,6 +23,7 @@ P=${P:-512}
 N=${N:-128}
 ROUNDS=${ROUNDS:-2}
 PEER_ARGS=${PEER_ARGS:-}
+ENGRAM_ARGS=${ENGRAM_ARGS:-}
 here=$(cd "$(dirname "$0")" && pwd)
 ENGRAM=${ENGRAM:-$here/../build/engram}
 
@@ -49,7 +52,7 @@ mkdir -p "$raw"
 
 echo "engram: $ENGRAM"
 echo "llama.cpp: $peer_dir/llama-bench"
-echo "threads $THREADS, -p $P -n $N, $REPS repetitions x $ROUNDS rounds (alternating)${PEER_ARGS:+, llama-bench $PEER_ARGS}"
+echo "threads $THREADS, -p $P -n $N, $REPS repetitions x $ROUNDS rounds (alternating)${PEER_ARGS:+, llama-bench $PEER_ARGS}${ENGRAM_ARGS:+, engram $ENGRAM_ARGS}"
 echo
 
 i=0
@@ -61,7 +64,7 @@ for model in "$@"; do
   i=$((i + 1))
   for round in $(seq 1 "$ROUNDS"); do
     echo "[$model] round $round/$ROUNDS: engram" >&2
-    "$ENGRAM" bench speed -m "$model" -p "$P" -n "$N" -t "$THREADS" -r "$REPS" \
+    "$ENGRAM" bench speed -m "$model" -p "$P" -n "$N" -t "$THREADS" -r "$REPS" $ENGRAM_ARGS \
       --json "$raw/m$i.engram.$round.json" >/dev/null
     echo "[$model] round $round/$ROUNDS: llama.cpp" >&2
     "$peer_dir/llama-bench" -m "$model" -p "$P" -n "$N" -t "$THREADS" -r "$REPS" -o json $PEER_ARGS \

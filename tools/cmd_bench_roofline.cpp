@@ -27,13 +27,12 @@ struct RooflineOptions {
   int threads = 0, n_gen = 128, reps = 3;
   int buffer_mib = 1024;
   int runs = 5;
+  LoadMode load = LoadMode::kAuto;
 };
 
 // Best read bandwidth (bytes/s) over `runs` passes: each thread sums its own
-// contiguous slice of a buffer much larger than the last-level cache.
-double measure_bandwidth(ThreadPool& pool, size_t bytes, int runs, uint64_t* checksum) {
-  const size_t n_words = bytes / sizeof(uint64_t);
-  std::unique_ptr<uint64_t[]> words(new uint64_t[n_words]);
+// contiguous slice of `words`, a buffer much larger than the last-level cache.
+double measure_bandwidth(ThreadPool& pool, uint64_t* words, size_t n_words, int runs, uint64_t* checksum) {
   const size_t n_threads = static_cast<size_t>(pool.size());
   // First touch by the thread that reads the slice later (NUMA-friendly).
   pool.parallel_for(n_threads, [&](size_t begin, size_t end, int) {
@@ -49,13 +48,34 @@ double measure_bandwidth(ThreadPool& pool, size_t bytes, int runs, uint64_t* che
     pool.parallel_for(n_threads, [&](size_t begin, size_t end, int) {
       for (size_t t = begin; t < end; ++t) {
         const size_t lo = n_words * t / n_threads, hi = n_words * (t + 1) / n_threads;
-        sums[t] = kernels::sum_words(words.get() + lo, hi - lo);
+        sums[t] = kernels::sum_words(words + lo, hi - lo);
       }
     });
     best = std::max(best, static_cast<double>(n_words * sizeof(uint64_t)) / seconds_since(t0));
   }
   for (uint64_t s : sums) *checksum += s;
   return best;
+}
+
+struct Bandwidth {
+  double small_pages = 0;  // bytes/s through ordinary (usually 4 KiB) pages
+  double huge_pages = 0;   // bytes/s through memory advised as 2 MiB pages
+  double best() const { return std::max(small_pages, huge_pages); }
+};
+
+// Both page sizes, one buffer at a time: weights loaded with --load mmap see
+// the first, --load copy the second.
+Expected<Bandwidth> measure_bandwidths(ThreadPool& pool, size_t bytes, int runs, uint64_t* checksum) {
+  const size_t n_words = bytes / sizeof(uint64_t);
+  Bandwidth b;
+  {
+    std::unique_ptr<uint64_t[]> words(new uint64_t[n_words]);
+    b.small_pages = measure_bandwidth(pool, words.get(), n_words, runs, checksum);
+  }
+  Expected<HugePageBuffer> huge = HugePageBuffer::allocate(n_words * sizeof(uint64_t));
+  if (!huge) return make_error("bench roofline: bandwidth buffer: ", huge.error().message);
+  b.huge_pages = measure_bandwidth(pool, reinterpret_cast<uint64_t*>(huge->data()), n_words, runs, checksum);
+  return b;
 }
 
 // Best operations/s of `loop` run on every thread at once, over 3 runs.
@@ -86,7 +106,7 @@ int run(const RooflineOptions& o) {
   if (!o.model.empty()) {
     auto path = resolve_model_path(o.model);
     if (!path) return fail(path.error().message);
-    auto loaded = Model::load(*path);
+    auto loaded = Model::load(*path, o.load);
     if (!loaded) return fail(loaded.error().message);
     model = std::move(*loaded);
     model_path = *path;
@@ -94,8 +114,9 @@ int run(const RooflineOptions& o) {
   ThreadPool pool(o.threads);
 
   uint64_t checksum = 0;
-  const double bandwidth =
-      measure_bandwidth(pool, static_cast<size_t>(o.buffer_mib) << 20, o.runs, &checksum);
+  Expected<Bandwidth> bandwidths = measure_bandwidths(pool, static_cast<size_t>(o.buffer_mib) << 20, o.runs, &checksum);
+  if (!bandwidths) return fail(bandwidths.error().message);
+  const double bandwidth = bandwidths->best();
   volatile float keep_f = 0;
   volatile int32_t keep_i = 0;
   const double fma = measure_peak(pool, 20'000'000, [&](size_t rounds) {
@@ -114,11 +135,17 @@ int run(const RooflineOptions& o) {
   j["kernel_target"] = kernels::active_target();
   j["buffer_bytes"] = static_cast<uint64_t>(o.buffer_mib) << 20;
   j["read_bandwidth_gbs"] = bandwidth / 1e9;
+  j["read_bandwidth_small_pages_gbs"] = bandwidths->small_pages / 1e9;
+  j["read_bandwidth_huge_pages_gbs"] = bandwidths->huge_pages / 1e9;
+  j["huge_pages_available"] = huge_pages_available();
   j["fp32_fma_gflops"] = fma / 1e9;
   j["int8_madd_gops"] = int8 / 1e9;
   std::printf("threads:              %d (kernels: %s)\n", pool.size(), kernels::active_target());
   std::printf("memory read bandwidth: %.2f GB/s (best of %d passes over %d MiB; checksum %llu)\n", bandwidth / 1e9,
               o.runs, o.buffer_mib, static_cast<unsigned long long>(checksum % 1000));
+  std::printf("  by page size:        %.2f GB/s small pages, %.2f GB/s huge pages (transparent huge pages %s)\n",
+              bandwidths->small_pages / 1e9, bandwidths->huge_pages / 1e9,
+              huge_pages_available() ? "available" : "unavailable");
   std::printf("fp32 FMA peak:         %.1f GFLOP/s\n", fma / 1e9);
   std::printf("int8 multiply-add:     %.1f GOP/s (int16 widening multiply-add, as the quantized dot products)\n",
               int8 / 1e9);
@@ -131,7 +158,8 @@ int run(const RooflineOptions& o) {
     const double s_per_token = 1.0 / tg.median_ts;
     const double achieved = static_cast<double>(bytes) / s_per_token;
     const double fraction = achieved / bandwidth;
-    std::printf("model:                 %s (%s)\n", model_path.c_str(), model_type_name(model->file()).c_str());
+    std::printf("model:                 %s (%s; weights: %s)\n", model_path.c_str(),
+                model_type_name(model->file()).c_str(), load_mode_name(model->file().load_mode()));
     std::printf("weight bytes / token:  %.2f MiB (active parameters %.2f M of %.2f M)\n",
                 static_cast<double>(bytes) / (1024.0 * 1024.0),
                 static_cast<double>(model->active_parameter_count()) / 1e6,
@@ -143,6 +171,7 @@ int run(const RooflineOptions& o) {
                 100.0 * fraction);
     j["model"] = model_path;
     j["model_type"] = model_type_name(model->file());
+    j["weights_load"] = load_mode_name(model->file().load_mode());
     j["weight_bytes_per_token"] = bytes;
     j["n_params"] = model->parameter_count();
     j["n_active_params"] = model->active_parameter_count();
@@ -172,6 +201,7 @@ Command add_bench_roofline_command(CLI::App& bench) {
   app->add_option("-r,--repetitions", o->reps, "Timed generation repetitions (with -m)")->capture_default_str();
   app->add_option("--buffer-mib", o->buffer_mib, "Bandwidth buffer (MiB, much larger than the last-level cache)")
       ->capture_default_str();
+  add_load_option(app, o->load);
   app->add_option("--runs", o->runs, "Bandwidth passes (the best counts)")->capture_default_str();
   app->add_option("--json", o->json, "Write the results as JSON to this file");
   add_threads_option(app, o->threads);

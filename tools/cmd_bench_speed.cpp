@@ -68,6 +68,7 @@ struct SpeedOptions {
   int n_prompt = 512, n_gen = 128, reps = 5, threads = 0, n_batch = 512;
   uint64_t seed = 42;
   bool markdown = false;
+  LoadMode load = LoadMode::kAuto;
 };
 
 std::string human_size(uint64_t bytes) {
@@ -98,7 +99,7 @@ int run(const SpeedOptions& o) {
   if (o.n_batch < 1) return fail("bench speed: --batch must be >= 1");
   auto path = resolve_model_path(o.model);
   if (!path) return fail(path.error().message);
-  auto model = Model::load(*path);
+  auto model = Model::load(*path, o.load);
   if (!model) return fail(model.error().message);
   ThreadPool pool(o.threads);
   auto tests = measure_speed(**model, pool, o.n_prompt, o.n_gen, o.reps, o.n_batch, o.seed);
@@ -117,6 +118,7 @@ int run(const SpeedOptions& o) {
     j["model_arch"] = (*model)->config().arch;
     j["model_type"] = type;
     j["model_size"] = size;
+    j["weights_load"] = load_mode_name(file.load_mode());
     j["model_n_params"] = params;
     j["model_n_active_params"] = (*model)->active_parameter_count();
     j["n_threads"] = pool.size();
@@ -245,6 +247,7 @@ Command add_bench_speed_command(CLI::App& bench) {
   app->add_option("--seed", o->seed, "Seed of the random token ids")->capture_default_str();
   app->add_option("--json", o->json, "Write every repetition as JSON to this file ('-': stdout)");
   app->add_flag("--markdown", o->markdown, "Print the markdown table (the default unless --json -)");
+  add_load_option(app, o->load);
   add_threads_option(app, o->threads);
   return {app, [o] { return run(*o); }};
 }

@@ -28,6 +28,7 @@ struct RunOptions {
   MemoryFlags memory;
   // Speculative decoding (greedy only): a draft model, or the model's own next-n layers.
   std::string draft;
+  LoadMode load = LoadMode::kAuto;
   std::string spec;
   SpeculativeParams speculative;
   const CLI::Option* temp_option = nullptr;  // to tell an explicit --temp from the default
@@ -58,7 +59,7 @@ void write_out(const std::string& s) {
 int run(RunOptions& o) {
   auto path = resolve_model_path(o.model);
   if (!path) return fail(path.error().message);
-  auto model = Model::load(*path);
+  auto model = Model::load(*path, o.load);
   if (!model) return fail(model.error().message);
   const Tokenizer& tok = (*model)->tokenizer();
 
@@ -106,7 +107,7 @@ int run(RunOptions& o) {
   if (!o.draft.empty()) {
     auto draft_path = resolve_model_path(o.draft);
     if (!draft_path) return fail("--draft: " + draft_path.error().message);
-    auto loaded = Model::load(*draft_path);
+    auto loaded = Model::load(*draft_path, o.load);
     if (!loaded) return fail("--draft: " + loaded.error().message);
     draft_model = std::move(*loaded);
     Status same = check_same_vocabulary(tok, *path, draft_model->tokenizer(), *draft_path);
@@ -170,6 +171,7 @@ Command add_run_command(CLI::App& parent) {
   o->gen.n_predict = 256;
   CLI::App* app = parent.add_subcommand("run", "Generate text from a prompt");
   add_model_option(app, o->model);
+  add_load_option(app, o->load);
   CLI::Option* prompt_opt = app->add_option("-p,--prompt", o->prompt, "Prompt text (BOS is added as the model asks)");
   app->add_option("-f,--file", o->prompt_file, "Read the prompt from a file (e.g. a long document)")
       ->excludes(prompt_opt);

@@ -28,6 +28,7 @@ struct ServeOptions {
   int64_t ctx = 0;
   int threads = 0;
   int max_queue = -1;
+  LoadMode load = LoadMode::kAuto;
   std::string config;
   std::vector<std::string> api_keys;
   std::string cache_dir;
@@ -66,7 +67,7 @@ int serve(ServeOptions& o) {
   if (!o.ledger.empty()) config.ledger_path = o.ledger;
   if (o.max_queue >= 0) config.max_queue = o.max_queue;
 
-  auto model = Model::load(*path);
+  auto model = Model::load(*path, o.load);
   if (!model) return fail(model.error().message);
   const ModelConfig& cfg = (*model)->config();
 
@@ -144,6 +145,7 @@ Command add_serve_command(CLI::App& parent) {
   auto o = std::make_shared<ServeOptions>();
   CLI::App* app = parent.add_subcommand("serve", "Serve a model over an OpenAI-compatible HTTP API");
   add_model_option(app, o->model);
+  add_load_option(app, o->load);
   app->add_option("--host", o->host, "Address to listen on (loopback unless you ask)")->capture_default_str();
   app->add_option("--port", o->port, "Port (0: any free port; the URL line says which)")
       ->check(CLI::Range(0, 65535))

@@ -50,6 +50,19 @@ void add_model_option(CLI::App* app, std::string& model) {
   app->add_option("-m,--model", model, "Model file (GGUF); default: models/engram.gguf in the source tree");
 }
 
+void add_load_option(CLI::App* app, LoadMode& mode) {
+  app->add_option_function<std::string>(
+         "--load",
+         [&mode](const std::string& text) {
+           Expected<LoadMode> parsed = parse_load_mode(text);
+           if (!parsed) throw CLI::ValidationError("--load", parsed.error().message);
+           mode = *parsed;
+         },
+         "How weights are brought into memory: mmap (shared page cache), copy (private copy in 2 MiB huge "
+         "pages: faster generation), auto (copy for models of 256 MiB or more that fit in half the available RAM)")
+      ->default_str("auto");
+}
+
 Expected<std::vector<TokenId>> parse_token_ids(const std::string& text) {
   std::vector<TokenId> ids;
   size_t pos = 0;

@@ -9,6 +9,7 @@
 
 #include "memory/memory.h"
 #include "tokenizer/tokenizer.h"
+#include "util/mapped_file.h"
 #include "util/status.h"
 
 namespace engram::tools {
@@ -29,6 +30,8 @@ Expected<std::string> read_text_file(const std::string& path, const std::string&
 void add_threads_option(CLI::App* app, int& threads);
 // -m/--model FILE.
 void add_model_option(CLI::App* app, std::string& model);
+// --load auto|mmap|copy: how the weights are brought into memory (LoadMode).
+void add_load_option(CLI::App* app, LoadMode& mode);
 
 // "1,2, 3" -> {1, 2, 3}. Error naming the bad item for anything else.
 Expected<std::vector<TokenId>> parse_token_ids(const std::string& text);

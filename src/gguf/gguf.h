@@ -62,8 +62,8 @@ struct TensorInfo {
 
 class File {
  public:
-  // Maps and validates a file. Errors name the path and the problem.
-  static Expected<File> open(const std::string& path);
+  // Maps (or copies, see LoadMode) and validates a file. Errors name the path and the problem.
+  static Expected<File> open(const std::string& path, LoadMode mode = LoadMode::kMap);
   // Parses bytes already in memory (the fuzzer, tests). `bytes` must outlive the File.
   static Expected<File> parse(std::span<const uint8_t> bytes, std::string name = "<memory>");
 
@@ -72,6 +72,8 @@ class File {
   const std::string& path() const { return name_; }
   size_t file_size() const { return bytes_.size(); }
   uint64_t data_offset() const { return data_offset_; }
+  // How open() brought the bytes in: kMap or kCopy (kMap when parsed from memory).
+  LoadMode load_mode() const { return mapping_ ? mapping_->mode() : LoadMode::kMap; }
 
   // Metadata, in file order.
   const std::vector<std::pair<std::string, Value>>& metadata() const { return kv_; }

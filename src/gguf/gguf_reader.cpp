@@ -372,8 +372,8 @@ class Parser {
   }
 };
 
-Expected<File> File::open(const std::string& path) {
-  Expected<MappedFile> mapped = MappedFile::open(path);
+Expected<File> File::open(const std::string& path, LoadMode mode) {
+  Expected<MappedFile> mapped = MappedFile::open(path, mode);
   if (!mapped) return mapped.error();
   auto mapping = std::make_shared<MappedFile>(std::move(mapped.value()));
   Expected<File> file = parse(mapping->bytes(), path);

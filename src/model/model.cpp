@@ -28,8 +28,8 @@ std::string supported_list() {
 
 }  // namespace
 
-Expected<std::unique_ptr<Model>> Model::load(const std::string& path) {
-  Expected<gguf::File> opened = gguf::File::open(path);
+Expected<std::unique_ptr<Model>> Model::load(const std::string& path, LoadMode mode) {
+  Expected<gguf::File> opened = gguf::File::open(path, mode);
   if (!opened) return opened.error();
   auto file = std::make_shared<const gguf::File>(std::move(opened).value());
 

@@ -59,8 +59,10 @@ class Model {
 
   // Loads the model in `path`: maps it, reads hyperparameters, checks every
   // tensor's presence, type and shape. Errors name the file and the key or
-  // tensor at fault ("unsupported architecture 'mamba'").
-  static Expected<std::unique_ptr<Model>> load(const std::string& path);
+  // tensor at fault ("unsupported architecture 'mamba'"). `mode` says how the
+  // weights are brought into memory (LoadMode: auto copies large models into
+  // huge pages when RAM allows).
+  static Expected<std::unique_ptr<Model>> load(const std::string& path, LoadMode mode = LoadMode::kAuto);
 
   const ModelConfig& config() const { return config_; }
   const gguf::File& file() const { return *file_; }

@@ -237,6 +237,23 @@ TEST(Model, OneAndTwoThreadsGiveIdenticalLogits) {
   EXPECT_EQ(teacher_forced(*model, prompt, fed, one), teacher_forced(*model, prompt, fed, two));
 }
 
+// Weights copied into huge pages (--load copy) are the same bytes as the
+// mapped file, so the logits must be bit-identical.
+TEST(Model, CopiedAndMappedWeightsGiveIdenticalLogits) {
+  ENGRAM_REQUIRE_REF();
+  const json manifest = json::parse(test::read_text_file(models_dir() / "tiny-llama-q8_0.json"));
+  const auto prompt = manifest["prompt_ids"].get<std::vector<TokenId>>();
+  const fs::path path = models_dir() / "tiny-llama-q8_0.gguf";
+  auto mapped = Model::load(path.string(), LoadMode::kMap);
+  auto copied = Model::load(path.string(), LoadMode::kCopy);
+  ASSERT_TRUE(mapped.has_value()) << mapped.error().message;
+  ASSERT_TRUE(copied.has_value()) << copied.error().message;
+  EXPECT_EQ((*mapped)->file().load_mode(), LoadMode::kMap);
+  EXPECT_EQ((*copied)->file().load_mode(), LoadMode::kCopy);
+  ThreadPool pool(2);
+  EXPECT_EQ(teacher_forced(**mapped, prompt, {}, pool), teacher_forced(**copied, prompt, {}, pool));
+}
+
 TEST(Model, ConfigAndSizesFollowTheFile) {
   ENGRAM_REQUIRE_REF();
   const json manifest = json::parse(test::read_text_file(models_dir() / "tiny-llama-f32.json"));
