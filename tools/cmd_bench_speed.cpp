@@ -163,7 +163,9 @@ int run(const SpeedOptions& o) {
 Expected<std::vector<SpeedTest>> measure_speed(Model& model, ThreadPool& pool, int n_prompt, int n_gen, int reps,
                                                int n_batch, uint64_t seed) {
   const int64_t n_ctx = std::max(n_prompt, n_gen) + 1;
-  Session session(model, pool, n_ctx);
+  // fp16 keys and values, as llama-bench's default KV cache.
+  Session session(model, pool, n_ctx,
+                  make_dense_memory(model.memory_layout(resolve_context(model.config(), n_ctx)), BlockCompression::F16));
   std::mt19937_64 rng(seed);
   std::vector<SpeedTest> tests;
   if (n_prompt > 0) {

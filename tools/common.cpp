@@ -138,7 +138,7 @@ void add_memory_options(CLI::App* app, MemoryFlags& f, const std::string& kind_h
       ->capture_default_str();
   app->add_option("--memory-budget", f.budget,
                   "RAM cap of the attention memory, e.g. 2GiB; older blocks spill to a file (engram; default: no cap)");
-  app->add_option("--kv-compression", f.compression, "Storage of retrievable blocks: f32, fp16 or int8 (engram)")
+  app->add_option("--kv-compression", f.compression, "Storage of keys and values: fp16 or f32 (dense); of retrievable blocks: f32, fp16 or int8 (engram)")
       ->capture_default_str();
   app->add_option("--spill-file", f.options.spill_path, "Spill file for --memory-budget (default: a temp file)");
   app->add_flag("--progress", f.progress, "Show the prefill progress bar even when stderr is not a terminal");

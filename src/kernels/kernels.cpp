@@ -974,6 +974,7 @@ void silu_mul(const float* gate, const float* up, float* out, size_t n) {
   HWY_DYNAMIC_DISPATCH(SiluMulImpl)(gate, up, out, n);
 }
 float max_value(const float* x, size_t n) { return HWY_DYNAMIC_DISPATCH(MaxImpl)(x, n); }
+void f16_to_f32(const uint16_t* src, float* dst, size_t n) { HWY_DYNAMIC_DISPATCH(F16ToF32Impl)(src, dst, n); }
 
 const char* active_target() { return hwy::TargetName(HWY_DYNAMIC_DISPATCH(TargetImpl)()); }
 bool uses_arm_dotprod() { return HWY_DYNAMIC_DISPATCH(UsesArmDotProdImpl)(); }

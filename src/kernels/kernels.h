@@ -30,6 +30,8 @@ void softmax(float* x, size_t n);
 // out = silu(gate) * up, silu(v) = v / (1 + exp(-v))   (SwiGLU)
 void silu_mul(const float* gate, const float* up, float* out, size_t n);
 float max_value(const float* x, size_t n);
+// dst[0..n) = src as float32 (src: IEEE half bits; exact).
+void f16_to_f32(const uint16_t* src, float* dst, size_t n);
 
 // Largest scaled dot product of q[0..k_dim) with n_rows keys stored
 // column-major as int8 (Engram memory's key index):

@@ -1,8 +1,14 @@
-// The dense KV cache: every key and value of every position kept in float32,
-// one growable buffer per (layer, sequence). This is the exact baseline the
-// other memories are measured against.
+// The dense KV cache: every key and value of every position, one growable
+// buffer per (layer, sequence). This is the baseline the other memories are
+// measured against.
 //
-// Storage per (layer, seq):
+// Elements are IEEE half by default, as in llama.cpp's default KV cache: half
+// the bytes of float32 per context token, and attention streams half the
+// memory. DenseMemory<float> keeps float32 for exact comparisons
+// (--kv-compression f32). Attention converts one chunk of keys and values at
+// a time to float32 scratch and runs the same GEMM + online softmax on it.
+//
+// Storage per (layer, seq), T = uint16_t (half bits) or float:
 //   k: [n_stored, n_kv_head, k_dim]   v: [n_stored, n_kv_head, v_dim]
 // With layout.values_in_keys (MLA latents) v stays empty: a position's value
 // is the first v_dim entries of its key row.
@@ -18,12 +24,14 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
 #include "memory/memory.h"
 #include "memory/online_softmax.h"
+#include "quant/quant.h"
 
 namespace engram {
 namespace {
@@ -34,7 +42,8 @@ namespace {
 //   per seq:   i64 n_positions | n_positions x u8 present
 //   per layer, per seq: i64 n_stored | k floats [n_stored*n_kv_head*k_dim] | v floats [n_stored*n_kv_head*v_dim]
 //   (no v floats when values_in_keys). Version 1 files lack values_in_keys
-//   (always 0) and still load.
+//   (always 0) and still load. Files hold float32 whatever the memory stores
+//   (half -> float -> half is exact), so either kind of memory loads them.
 constexpr char kMagic[8] = {'E', 'N', 'G', 'R', 'A', 'M', 'K', 'V'};
 constexpr uint32_t kVersion = 2;
 
@@ -46,11 +55,20 @@ constexpr uint32_t kVersion = 2;
 constexpr char kSeqMagic[8] = {'E', 'N', 'G', 'R', 'A', 'M', 'S', 'Q'};
 constexpr uint32_t kSeqVersion = 2;
 
+template <class T>
 struct LayerSeq {
-  std::vector<float> k;  // [n_stored, n_kv_head, k_dim]
-  std::vector<float> v;  // [n_stored, n_kv_head, v_dim]; empty when values_in_keys
+  std::vector<T> k;  // [n_stored, n_kv_head, k_dim]
+  std::vector<T> v;  // [n_stored, n_kv_head, v_dim]; empty when values_in_keys
   int64_t n_stored = 0;
 };
+
+// Element conversions between the stored type and float32.
+void store_elements(const float* src, float* dst, size_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+void store_elements(const float* src, uint16_t* dst, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
+}
+void load_elements(const float* src, float* dst, size_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+void load_elements(const uint16_t* src, float* dst, size_t n) { kernels::f16_to_f32(src, dst, n); }
 
 // Bounds-checked reader over a file's bytes; every failure names the file.
 class ByteReader {
@@ -77,6 +95,7 @@ class ByteReader {
   size_t pos_ = 0;
 };
 
+template <class T>
 class DenseMemory final : public Memory {
  public:
   explicit DenseMemory(const MemoryLayout& layout)
@@ -96,7 +115,7 @@ class DenseMemory final : public Memory {
     if (layout_.values_in_keys && layout_.v_dim > layout_.k_dim)
       return make_error("KV memory: values_in_keys needs v_dim (", std::to_string(layout_.v_dim),
                         ") <= k_dim (", std::to_string(layout_.k_dim), ")");
-    LayerSeq& c = cell(layer, seq);
+    LayerSeq<T>& c = cell(layer, seq);
     if (pos0 > c.n_stored)
       return make_error("KV memory: append at position ", std::to_string(pos0), " of layer ", std::to_string(layer),
                         " sequence ", std::to_string(seq), " leaves a gap after position ",
@@ -107,9 +126,9 @@ class DenseMemory final : public Memory {
     const size_t k_row = k_row_size(), v_row = v_row_size();
     c.k.resize(static_cast<size_t>(end) * k_row);
     c.v.resize(static_cast<size_t>(end) * v_row);
-    std::memcpy(c.k.data() + static_cast<size_t>(pos0) * k_row, k, static_cast<size_t>(n) * k_row * sizeof(float));
+    store_elements(k, c.k.data() + static_cast<size_t>(pos0) * k_row, static_cast<size_t>(n) * k_row);
     if (v_row > 0)  // v is ignored (may be null) when values live in the keys
-      std::memcpy(c.v.data() + static_cast<size_t>(pos0) * v_row, v, static_cast<size_t>(n) * v_row * sizeof(float));
+      store_elements(v, c.v.data() + static_cast<size_t>(pos0) * v_row, static_cast<size_t>(n) * v_row);
     c.n_stored = end;
 
     std::vector<uint8_t>& present = present_[static_cast<size_t>(seq)];
@@ -127,7 +146,7 @@ class DenseMemory final : public Memory {
       std::memset(out, 0, static_cast<size_t>(n) * std::max(n_head, 0) * v_dim * sizeof(float));
       return;
     }
-    const LayerSeq& c = cell(layer, seq);
+    const LayerSeq<T>& c = cell(layer, seq);
     const std::vector<uint8_t>& present = present_[static_cast<size_t>(seq)];
     const int64_t n_keys_max = std::min<int64_t>(pos0 + n, c.n_stored);
     const bool has_holes =
@@ -160,7 +179,7 @@ class DenseMemory final : public Memory {
     if (p1 < 0 || p1 >= end) {
       // Truncation: drop the tail and its storage.
       for (int l = 0; l < layout_.n_layer; ++l) {
-        LayerSeq& c = cell(l, seq);
+        LayerSeq<T>& c = cell(l, seq);
         c.n_stored = std::min(c.n_stored, p0);
         c.k.resize(static_cast<size_t>(c.n_stored) * k_row_size());
         c.v.resize(static_cast<size_t>(c.n_stored) * v_row_size());
@@ -211,10 +230,10 @@ class DenseMemory final : public Memory {
     }
     for (int l = 0; l < layout_.n_layer; ++l) {
       for (int s = 0; s < layout_.n_seq; ++s) {
-        const LayerSeq& c = cell(l, s);
+        const LayerSeq<T>& c = cell(l, s);
         put_i64(c.n_stored);
-        put(c.k.data(), static_cast<size_t>(c.n_stored) * k_row_size() * sizeof(float));
-        put(c.v.data(), static_cast<size_t>(c.n_stored) * v_row_size() * sizeof(float));
+        put_floats(out, c.k.data(), static_cast<size_t>(c.n_stored) * k_row_size());
+        put_floats(out, c.v.data(), static_cast<size_t>(c.n_stored) * v_row_size());
       }
     }
     out.flush();
@@ -236,10 +255,10 @@ class DenseMemory final : public Memory {
       present[static_cast<size_t>(s)].resize(static_cast<size_t>(n));
       ENGRAM_RETURN_IF_ERROR(r.read_bytes(present[static_cast<size_t>(s)].data(), static_cast<size_t>(n), "position flags"));
     }
-    std::vector<LayerSeq> cells(cells_.size());
+    std::vector<LayerSeq<T>> cells(cells_.size());
     for (int l = 0; l < layout_.n_layer; ++l) {
       for (int s = 0; s < layout_.n_seq; ++s) {
-        LayerSeq& c = cells[static_cast<size_t>(l) * layout_.n_seq + s];
+        LayerSeq<T>& c = cells[static_cast<size_t>(l) * layout_.n_seq + s];
         ENGRAM_RETURN_IF_ERROR(check_count(r, c.n_stored, path, "layer", l));
         if (c.n_stored > static_cast<int64_t>(present[static_cast<size_t>(s)].size()))
           return make_error(path, ": layer ", std::to_string(l), " sequence ", std::to_string(s), " stores ",
@@ -247,8 +266,8 @@ class DenseMemory final : public Memory {
                             std::to_string(present[static_cast<size_t>(s)].size()));
         c.k.resize(static_cast<size_t>(c.n_stored) * k_row_size());
         c.v.resize(static_cast<size_t>(c.n_stored) * v_row_size());
-        ENGRAM_RETURN_IF_ERROR(r.read_bytes(c.k.data(), c.k.size() * sizeof(float), "keys"));
-        ENGRAM_RETURN_IF_ERROR(r.read_bytes(c.v.data(), c.v.size() * sizeof(float), "values"));
+        ENGRAM_RETURN_IF_ERROR(read_floats(r, c.k.data(), c.k.size(), "keys"));
+        ENGRAM_RETURN_IF_ERROR(read_floats(r, c.v.data(), c.v.size(), "values"));
       }
     }
     if (r.remaining() != 0)
@@ -285,9 +304,9 @@ class DenseMemory final : public Memory {
       put(&n, sizeof n);
       put(present_[static_cast<size_t>(seq)].data(), static_cast<size_t>(n));
       for (int l = 0; l < layout_.n_layer; ++l) {
-        const LayerSeq& c = cell(l, seq);
-        put(c.k.data(), static_cast<size_t>(n) * k_row_size() * sizeof(float));
-        put(c.v.data(), static_cast<size_t>(n) * v_row_size() * sizeof(float));
+        const LayerSeq<T>& c = cell(l, seq);
+        put_floats(out, c.k.data(), static_cast<size_t>(n) * k_row_size());
+        put_floats(out, c.v.data(), static_cast<size_t>(n) * v_row_size());
       }
       out.flush();
       if (!out) {
@@ -315,13 +334,13 @@ class DenseMemory final : public Memory {
     ENGRAM_RETURN_IF_ERROR(check_count(r, n, path, "sequence", seq));
     std::vector<uint8_t> present(static_cast<size_t>(n));
     ENGRAM_RETURN_IF_ERROR(r.read_bytes(present.data(), present.size(), "position flags"));
-    std::vector<LayerSeq> cells(static_cast<size_t>(layout_.n_layer));
-    for (LayerSeq& c : cells) {
+    std::vector<LayerSeq<T>> cells(static_cast<size_t>(layout_.n_layer));
+    for (LayerSeq<T>& c : cells) {
       c.n_stored = n;
       c.k.resize(static_cast<size_t>(n) * k_row_size());
       c.v.resize(static_cast<size_t>(n) * v_row_size());
-      ENGRAM_RETURN_IF_ERROR(r.read_bytes(c.k.data(), c.k.size() * sizeof(float), "keys"));
-      ENGRAM_RETURN_IF_ERROR(r.read_bytes(c.v.data(), c.v.size() * sizeof(float), "values"));
+      ENGRAM_RETURN_IF_ERROR(read_floats(r, c.k.data(), c.k.size(), "keys"));
+      ENGRAM_RETURN_IF_ERROR(read_floats(r, c.v.data(), c.v.size(), "values"));
     }
     if (r.remaining() != 0)
       return make_error(path, ": sequence file has ", std::to_string(r.remaining()),
@@ -335,9 +354,9 @@ class DenseMemory final : public Memory {
     size_t bytes = sizeof(*this);
     for (const TileScratch& t : tiles_) {
       bytes += sizeof(t) + (t.q.capacity() + t.scores.capacity() + t.max.capacity() + t.sum.capacity() +
-                            t.pack.capacity()) * sizeof(float);
+                            t.pack.capacity() + t.keys.capacity() + t.values.capacity()) * sizeof(float);
     }
-    for (const LayerSeq& c : cells_) bytes += (c.k.capacity() + c.v.capacity()) * sizeof(float) + sizeof(LayerSeq);
+    for (const LayerSeq<T>& c : cells_) bytes += (c.k.capacity() + c.v.capacity()) * sizeof(T) + sizeof(LayerSeq<T>);
     for (const auto& p : present_) bytes += p.capacity() + sizeof(p);
     return bytes;
   }
@@ -348,8 +367,38 @@ class DenseMemory final : public Memory {
   size_t v_row_size() const {
     return layout_.values_in_keys ? 0 : static_cast<size_t>(layout_.n_kv_head) * static_cast<size_t>(layout_.v_dim);
   }
-  LayerSeq& cell(int layer, int seq) { return cells_[static_cast<size_t>(layer) * layout_.n_seq + seq]; }
-  const LayerSeq& cell(int layer, int seq) const { return cells_[static_cast<size_t>(layer) * layout_.n_seq + seq]; }
+  LayerSeq<T>& cell(int layer, int seq) { return cells_[static_cast<size_t>(layer) * layout_.n_seq + seq]; }
+  const LayerSeq<T>& cell(int layer, int seq) const {
+    return cells_[static_cast<size_t>(layer) * layout_.n_seq + seq];
+  }
+
+  // Writes n stored elements as float32 (the file format), a chunk at a time.
+  static void put_floats(std::ofstream& out, const T* src, size_t n) {
+    if constexpr (std::is_same_v<T, float>) {
+      out.write(reinterpret_cast<const char*>(src), static_cast<std::streamsize>(n * sizeof(float)));
+    } else {
+      float chunk[4096];
+      for (size_t i = 0; i < n; i += 4096) {
+        const size_t m = std::min<size_t>(4096, n - i);
+        load_elements(src + i, chunk, m);
+        out.write(reinterpret_cast<const char*>(chunk), static_cast<std::streamsize>(m * sizeof(float)));
+      }
+    }
+  }
+  // Reads n float32 values of the file into stored elements.
+  static Status read_floats(ByteReader& r, T* dst, size_t n, const char* what) {
+    if constexpr (std::is_same_v<T, float>) {
+      return r.read_bytes(dst, n * sizeof(float), what);
+    } else {
+      float chunk[4096];
+      for (size_t i = 0; i < n; i += 4096) {
+        const size_t m = std::min<size_t>(4096, n - i);
+        ENGRAM_RETURN_IF_ERROR(r.read_bytes(chunk, m * sizeof(float), what));
+        store_elements(chunk, dst + i, m);
+      }
+      return Status::ok();
+    }
+  }
 
   Status check_layer_seq(int layer, int seq) const {
     if (layer < 0 || layer >= layout_.n_layer)
@@ -435,7 +484,38 @@ class DenseMemory final : public Memory {
     std::vector<float> max;     // per row: running max score
     std::vector<float> sum;     // per row: running sum of exp(score - max)
     std::vector<float> pack;    // gemm_f32's packed keys
+    std::vector<float> keys;    // half storage: [kKeyChunk, k_dim] the chunk's keys of one kv head as float
+    std::vector<float> values;  // half storage: [kKeyChunk, v_dim] its values
   };
+
+  // Float rows of one chunk of keys [j0, j0 + n) of kv head kvh and their
+  // values: pointers into the storage (float), or into the scratch they are
+  // converted to (half). Values are their own rows or the key rows' first
+  // v_dim entries (values_in_keys).
+  struct ChunkRows {
+    const float* k;
+    size_t k_stride;
+    const float* v;
+    size_t v_stride;
+  };
+  ChunkRows chunk_rows(const LayerSeq<T>& c, int kvh, int64_t j0, size_t n, TileScratch& ts) const {
+    const size_t k_dim = static_cast<size_t>(layout_.k_dim), v_dim = static_cast<size_t>(layout_.v_dim);
+    const size_t k_stride = k_row_size(), v_stride = v_row_size();
+    const T* k = c.k.data() + static_cast<size_t>(j0) * k_stride + static_cast<size_t>(kvh) * k_dim;
+    const T* v = layout_.values_in_keys ? nullptr
+                                        : c.v.data() + static_cast<size_t>(j0) * v_stride + static_cast<size_t>(kvh) * v_dim;
+    if constexpr (std::is_same_v<T, float>) {
+      if (layout_.values_in_keys) return {k, k_stride, k, k_stride};
+      return {k, k_stride, v, v_stride};
+    } else {
+      ts.keys.resize(kKeyChunk * k_dim);
+      for (size_t r = 0; r < n; ++r) load_elements(k + r * k_stride, ts.keys.data() + r * k_dim, k_dim);
+      if (layout_.values_in_keys) return {ts.keys.data(), k_dim, ts.keys.data(), k_dim};
+      ts.values.resize(kKeyChunk * v_dim);
+      for (size_t r = 0; r < n; ++r) load_elements(v + r * v_stride, ts.values.data() + r * v_dim, v_dim);
+      return {ts.keys.data(), k_dim, ts.values.data(), v_dim};
+    }
+  }
 
   // Attention of queries [i0, i1) of the query heads of kv head kvh, with an
   // online softmax over chunks of keys (flash-attention style): each chunk's
@@ -443,9 +523,9 @@ class DenseMemory final : public Memory {
   // keys, then every row rescales its output, adds exp(score - max) and the
   // weighted values. Tile row g * nq + t is query i0 + t of head
   // kvh * group + g.
-  void attend_tile(const LayerSeq& c, const std::vector<uint8_t>& present, const TileShape& shape, int kvh, int i0,
+  void attend_tile(const LayerSeq<T>& c, const std::vector<uint8_t>& present, const TileShape& shape, int kvh, int i0,
                    int i1, const float* q, float* out, TileScratch& ts) const {
-    const int n_kv_head = layout_.n_kv_head, k_dim = layout_.k_dim, v_dim = layout_.v_dim;
+    const int k_dim = layout_.k_dim, v_dim = layout_.v_dim;
     const int nq = i1 - i0, rows = shape.group * nq;
     const auto query = [&](int row) { return static_cast<size_t>(i0 + row % nq) * shape.n_head + kvh * shape.group + row / nq; };
     ts.q.resize(static_cast<size_t>(rows) * k_dim);
@@ -456,18 +536,13 @@ class DenseMemory final : public Memory {
       std::memcpy(ts.q.data() + static_cast<size_t>(row) * k_dim, q + query(row) * k_dim, k_dim * sizeof(float));
       std::memset(out + query(row) * v_dim, 0, static_cast<size_t>(v_dim) * sizeof(float));
     }
-    // Keys and values of this kv head: rows k_stride / v_stride floats apart;
-    // value rows are their own buffer or the key rows' first v_dim entries.
-    const size_t k_stride = static_cast<size_t>(n_kv_head) * k_dim;
-    const float* k_base = c.k.data() + static_cast<size_t>(kvh) * k_dim;
-    const float* v_base = layout_.values_in_keys ? k_base : c.v.data() + static_cast<size_t>(kvh) * v_dim;
-    const size_t v_stride = layout_.values_in_keys ? k_stride : static_cast<size_t>(n_kv_head) * v_dim;
     // The tile's last query sees keys [0, n_keys).
     const int64_t n_keys = std::min<int64_t>(shape.pos0 + i1, c.n_stored);
     for (int64_t j0 = 0; j0 < n_keys; j0 += kKeyChunk) {
       const size_t chunk = static_cast<size_t>(std::min<int64_t>(kKeyChunk, n_keys - j0));
-      kernels::gemm_f32(k_base + static_cast<size_t>(j0) * k_stride, k_stride, chunk, ts.q.data(), k_dim,
-                        static_cast<size_t>(rows), k_dim, ts.scores.data(), kKeyChunk, ts.pack);
+      const ChunkRows kv = chunk_rows(c, kvh, j0, chunk, ts);
+      kernels::gemm_f32(kv.k, kv.k_stride, chunk, ts.q.data(), k_dim, static_cast<size_t>(rows), k_dim,
+                        ts.scores.data(), kKeyChunk, ts.pack);
       for (int row = 0; row < rows; ++row) {
         // Keys of this chunk the row's query sees (itself and earlier).
         const int64_t visible = std::min<int64_t>(shape.pos0 + i0 + row % nq + 1, c.n_stored) - j0;
@@ -480,7 +555,7 @@ class DenseMemory final : public Memory {
             if (!present[static_cast<size_t>(j0) + r]) s[r] = -std::numeric_limits<float>::infinity();
           }
         }
-        fold_chunk(s, count, v_base + static_cast<size_t>(j0) * v_stride, v_stride, static_cast<size_t>(v_dim),
+        fold_chunk(s, count, kv.v, kv.v_stride, static_cast<size_t>(v_dim),
                    ts.max[static_cast<size_t>(row)], ts.sum[static_cast<size_t>(row)], out + query(row) * v_dim);
       }
     }
@@ -490,13 +565,16 @@ class DenseMemory final : public Memory {
     }
   }
 
-  std::vector<LayerSeq> cells_;                // [n_layer * n_seq]
+  std::vector<LayerSeq<T>> cells_;             // [n_layer * n_seq]
   std::vector<std::vector<uint8_t>> present_;  // per seq: 1 where a position is stored
   std::vector<TileScratch> tiles_;             // attention scratch, one per pool thread
 };
 
 }  // namespace
 
-std::unique_ptr<Memory> make_dense_memory(const MemoryLayout& layout) { return std::make_unique<DenseMemory>(layout); }
+std::unique_ptr<Memory> make_dense_memory(const MemoryLayout& layout, BlockCompression storage) {
+  if (storage == BlockCompression::F32) return std::make_unique<DenseMemory<float>>(layout);
+  return std::make_unique<DenseMemory<uint16_t>>(layout);
+}
 
 }  // namespace engram

@@ -1015,7 +1015,12 @@ std::unique_ptr<Memory> make_engram_memory(const MemoryLayout& layout, const Eng
 
 Expected<std::unique_ptr<Memory>> make_memory(const std::string& kind, const MemoryLayout& layout,
                                               const EngramMemoryOptions& options) {
-  if (kind == "dense") return make_dense_memory(layout);
+  if (kind == "dense") {
+    if (options.compression == BlockCompression::INT8)
+      return make_error("dense memory stores keys and values as fp16 or f32, not int8 (--kv-compression; "
+                        "int8 is for engram memory's blocks)");
+    return make_dense_memory(layout, options.compression);
+  }
   if (kind == "window") return make_window_memory(layout, options);
   if (kind == "engram") return make_engram_memory(layout, options);
   return make_error("unknown memory kind '", kind, "' (expected dense, window or engram)");

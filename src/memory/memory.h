@@ -97,11 +97,17 @@ class Memory {
   MemoryLayout layout_;
 };
 
-// The exact baseline: every key and value kept in float32.
-std::unique_ptr<Memory> make_dense_memory(const MemoryLayout& layout);
-
-// How Engram memory stores the blocks it retrieves from.
+// How Engram memory stores the blocks it retrieves from, and the dense
+// memory its keys and values (F32 or F16).
 enum class BlockCompression { F32, F16, INT8 };
+
+// The baseline: every key and value kept, as float32 (F32: exact, what the
+// golden tests compare with llama.cpp's f32 KV logits) or IEEE half (F16:
+// half the bytes, llama.cpp's default KV type, and what make_memory("dense")
+// builds unless asked otherwise). make_memory rejects INT8 for dense; here
+// anything but F32 means F16.
+std::unique_ptr<Memory> make_dense_memory(const MemoryLayout& layout,
+                                          BlockCompression storage = BlockCompression::F32);
 // "f32" | "fp16" (also "f16") | "int8"; error names the value.
 Expected<BlockCompression> parse_block_compression(const std::string& name);
 const char* block_compression_name(BlockCompression c);

@@ -1,5 +1,8 @@
 // Dense KV memory: attention against a naive double-precision reference,
-// batching, threads, capacity, remove/copy and save/load.
+// batching, threads, capacity, remove/copy and save/load; every test runs for
+// both storage types (fp16, the default, and f32). With fp16 the random keys
+// and values are drawn as halves, so the reference sees exactly what is
+// stored; HalfStorageRoundsWhatItStores covers the rounding itself.
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "memory/memory.h"
+#include "quant/quant.h"
 #include "naive_attention.h"
 #include "test_support.h"
 
@@ -30,8 +34,6 @@ MemoryLayout test_layout(int n_seq = 2, int64_t n_ctx = 24) {
 }
 constexpr int kHeads = 6;
 
-std::vector<float> random_vec(size_t n, std::mt19937& rng) { return test::random_floats(n, rng); }
-
 // What the memory should hold: all keys/values of one (layer, seq).
 using Stored = test::KvLog;
 
@@ -43,30 +45,50 @@ std::vector<float> naive_attention(const MemoryLayout& l, const Stored& s, int64
   return test::naive_attention(l, kHeads, s, pos0, n, q, scale, visible);
 }
 
-// Fills `mem` (layer 0 and 1, one seq) with n random positions, appended in
-// the given chunk sizes; returns what was stored per layer.
-std::vector<Stored> fill(Memory& mem, int seq, const std::vector<int>& chunks, std::mt19937& rng) {
-  const MemoryLayout& l = mem.layout();
-  std::vector<Stored> stored(static_cast<size_t>(l.n_layer));
-  int64_t pos = 0;
-  for (int n : chunks) {
-    for (int layer = 0; layer < l.n_layer; ++layer) {
-      auto k = random_vec(static_cast<size_t>(n) * l.n_kv_head * l.k_dim, rng);
-      auto v = random_vec(static_cast<size_t>(n) * l.n_kv_head * l.v_dim, rng);
-      EXPECT_TRUE(mem.append(layer, seq, pos, n, k.data(), v.data()).is_ok());
-      auto& s = stored[static_cast<size_t>(layer)];
-      s.k.insert(s.k.end(), k.begin(), k.end());
-      s.v.insert(s.v.end(), v.begin(), v.end());
-    }
-    pos += n;
-  }
-  return stored;
+std::vector<float> round_to_half(std::vector<float> v) {
+  for (float& x : v) x = fp16_to_fp32(fp32_to_fp16(x));
+  return v;
 }
 
-TEST(DenseMemory, BatchedAttentionMatchesNaiveReference) {
+class DenseMemoryTest : public ::testing::TestWithParam<BlockCompression> {
+ protected:
+  bool half() const { return GetParam() == BlockCompression::F16; }
+  size_t element_bytes() const { return half() ? 2 : 4; }
+  std::unique_ptr<Memory> make(const MemoryLayout& l) const { return make_dense_memory(l, GetParam()); }
+  // Random values the storage holds exactly.
+  std::vector<float> random_vec(size_t n, std::mt19937& rng) const {
+    std::vector<float> v = test::random_floats(n, rng);
+    return half() ? round_to_half(std::move(v)) : v;
+  }
+
+  // Fills `mem` (layer 0 and 1, one seq) with n random positions, appended in
+  // the given chunk sizes; returns what was stored per layer.
+  std::vector<Stored> fill(Memory& mem, int seq, const std::vector<int>& chunks, std::mt19937& rng) const {
+    const MemoryLayout& l = mem.layout();
+    std::vector<Stored> stored(static_cast<size_t>(l.n_layer));
+    int64_t pos = 0;
+    for (int n : chunks) {
+      for (int layer = 0; layer < l.n_layer; ++layer) {
+        auto k = random_vec(static_cast<size_t>(n) * l.n_kv_head * l.k_dim, rng);
+        auto v = random_vec(static_cast<size_t>(n) * l.n_kv_head * l.v_dim, rng);
+        EXPECT_TRUE(mem.append(layer, seq, pos, n, k.data(), v.data()).is_ok());
+        auto& s = stored[static_cast<size_t>(layer)];
+        s.k.insert(s.k.end(), k.begin(), k.end());
+        s.v.insert(s.v.end(), v.begin(), v.end());
+      }
+      pos += n;
+    }
+    return stored;
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Storage, DenseMemoryTest, ::testing::Values(BlockCompression::F16, BlockCompression::F32),
+                         [](const auto& info) { return std::string(block_compression_name(info.param)); });
+
+TEST_P(DenseMemoryTest, BatchedAttentionMatchesNaiveReference) {
   std::mt19937 rng(1);
   ThreadPool pool(2);
-  auto mem = make_dense_memory(test_layout());
+  auto mem = make(test_layout());
   const float scale = 1.f / std::sqrt(8.f);
   // Positions 0..4 stored first; then a batch of 6 new positions attends.
   auto stored = fill(*mem, 0, {5}, rng);
@@ -85,7 +107,7 @@ TEST(DenseMemory, BatchedAttentionMatchesNaiveReference) {
   EXPECT_EQ(mem->n_positions(1), 0);
 }
 
-TEST(DenseMemory, BatchEqualsOneAtATimeAndThreadCountDoesNotMatter) {
+TEST_P(DenseMemoryTest, BatchEqualsOneAtATimeAndThreadCountDoesNotMatter) {
   std::mt19937 rng(2);
   const MemoryLayout l = test_layout(1);
   const int n = 9;
@@ -93,14 +115,14 @@ TEST(DenseMemory, BatchEqualsOneAtATimeAndThreadCountDoesNotMatter) {
   const float scale = 0.3f;
 
   ThreadPool pool1(1), pool3(3);
-  auto batch = make_dense_memory(l);
+  auto batch = make(l);
   ASSERT_TRUE(batch->append(0, 0, 0, n, k.data(), v.data()).is_ok());
   std::vector<float> out_batch(n * kHeads * 12), out_batch3(n * kHeads * 12);
   batch->attend(0, 0, 0, n, kHeads, q.data(), out_batch.data(), scale, pool1);
   batch->attend(0, 0, 0, n, kHeads, q.data(), out_batch3.data(), scale, pool3);
   EXPECT_EQ(out_batch, out_batch3);  // bitwise: each (query, head) is done by one thread
 
-  auto single = make_dense_memory(l);
+  auto single = make(l);
   std::vector<float> out_single(n * kHeads * 12);
   for (int i = 0; i < n; ++i) {
     ASSERT_TRUE(single->append(0, 0, i, 1, k.data() + i * 16, v.data() + i * 24).is_ok());
@@ -113,10 +135,10 @@ TEST(DenseMemory, BatchEqualsOneAtATimeAndThreadCountDoesNotMatter) {
 // softmax: a batch that spans several of each, with a hole that covers a
 // whole key chunk for some queries and part of one for others, still matches
 // the naive reference, and computing it in pieces gives the same result.
-TEST(DenseMemory, LongBatchesAcrossTilesAndKeyChunksMatchReference) {
+TEST_P(DenseMemoryTest, LongBatchesAcrossTilesAndKeyChunksMatchReference) {
   std::mt19937 rng(9);
   ThreadPool pool(2);
-  auto mem = make_dense_memory(test_layout(1, 700));
+  auto mem = make(test_layout(1, 700));
   auto stored = fill(*mem, 0, {300}, rng);
   mem->remove(0, 100, 260);  // a hole over key chunk [128, 256) and parts of its neighbours
   std::vector<bool> absent(700, false);
@@ -146,9 +168,9 @@ TEST(DenseMemory, LongBatchesAcrossTilesAndKeyChunksMatchReference) {
   }
 }
 
-TEST(DenseMemory, AppendingBeyondCapacityIsAnError) {
+TEST_P(DenseMemoryTest, AppendingBeyondCapacityIsAnError) {
   std::mt19937 rng(3);
-  auto mem = make_dense_memory(test_layout(1, 4096));
+  auto mem = make(test_layout(1, 4096));
   std::vector<float> k(2 * 8, 0.5f), v(2 * 12, 0.25f);
   std::vector<float> kk(4096 * 16, 0.f), vv(4096 * 24, 0.f);
   ASSERT_TRUE(mem->append(0, 0, 0, 4096, kk.data(), vv.data()).is_ok());
@@ -156,7 +178,7 @@ TEST(DenseMemory, AppendingBeyondCapacityIsAnError) {
   ASSERT_FALSE(s.is_ok());
   EXPECT_EQ(s.message(), "context full: position 4096 exceeds the memory's 4096 positions");
   // A batch that straddles the end names the first position that does not fit.
-  auto small = make_dense_memory(test_layout(1, 8));
+  auto small = make(test_layout(1, 8));
   std::vector<float> k4(4 * 16), v4(4 * 24);
   ASSERT_TRUE(small->append(0, 0, 0, 4, k4.data(), v4.data()).is_ok());
   Status s2 = small->append(0, 0, 6, 4, k4.data(), v4.data());
@@ -169,10 +191,10 @@ TEST(DenseMemory, AppendingBeyondCapacityIsAnError) {
   EXPECT_FALSE(small->append(0, 1, 4, 1, k4.data(), v4.data()).is_ok());
 }
 
-TEST(DenseMemory, RemoveTruncatesOrPunchesHoles) {
+TEST_P(DenseMemoryTest, RemoveTruncatesOrPunchesHoles) {
   std::mt19937 rng(4);
   ThreadPool pool(2);
-  auto mem = make_dense_memory(test_layout(1));
+  auto mem = make(test_layout(1));
   auto stored = fill(*mem, 0, {4, 4}, rng);
   ASSERT_EQ(mem->n_positions(0), 8);
 
@@ -204,10 +226,10 @@ TEST(DenseMemory, RemoveTruncatesOrPunchesHoles) {
   EXPECT_FALSE(mem->append(0, 0, 3, 1, k.data(), v.data()).is_ok());
 }
 
-TEST(DenseMemory, CopyMakesAnIndependentSequence) {
+TEST_P(DenseMemoryTest, CopyMakesAnIndependentSequence) {
   std::mt19937 rng(5);
   ThreadPool pool(1);
-  auto mem = make_dense_memory(test_layout(2));
+  auto mem = make(test_layout(2));
   auto stored = fill(*mem, 0, {5}, rng);
   ASSERT_TRUE(mem->copy(0, 1).is_ok());
   EXPECT_EQ(mem->n_positions(1), 5);
@@ -223,19 +245,19 @@ TEST(DenseMemory, CopyMakesAnIndependentSequence) {
   EXPECT_FALSE(mem->copy(0, 7).is_ok());
 }
 
-TEST(DenseMemory, SaveLoadRoundTripAndValidation) {
+TEST_P(DenseMemoryTest, SaveLoadRoundTripAndValidation) {
   std::mt19937 rng(6);
   ThreadPool pool(2);
   const auto dir = test::temp_dir("memory");
   const std::string path = (dir / "kv.bin").string();
 
-  auto mem = make_dense_memory(test_layout(2));
+  auto mem = make(test_layout(2));
   fill(*mem, 0, {3, 4}, rng);
   fill(*mem, 1, {2}, rng);
   mem->remove(0, 1, 2);
   ASSERT_TRUE(mem->save(path).is_ok());
 
-  auto loaded = make_dense_memory(test_layout(2));
+  auto loaded = make(test_layout(2));
   Status st = loaded->load(path);
   ASSERT_TRUE(st.is_ok()) << st.message();
   EXPECT_EQ(loaded->n_positions(0), 7);
@@ -252,7 +274,7 @@ TEST(DenseMemory, SaveLoadRoundTripAndValidation) {
   // A memory with another layout refuses the file and says why.
   MemoryLayout other = test_layout(2);
   other.k_dim = 16;
-  auto wrong = make_dense_memory(other);
+  auto wrong = make(other);
   Status bad = wrong->load(path);
   ASSERT_FALSE(bad.is_ok());
   EXPECT_NE(bad.message().find(path), std::string::npos) << bad.message();
@@ -275,13 +297,66 @@ TEST(DenseMemory, SaveLoadRoundTripAndValidation) {
   std::filesystem::remove_all(dir);
 }
 
-TEST(DenseMemory, BytesUsedGrowsWithPositions) {
+// Files hold float32 whatever the memory stores, so a file saved by one
+// storage type loads into the other (values a half holds survive exactly).
+TEST_P(DenseMemoryTest, FilesLoadIntoEitherStorage) {
+  std::mt19937 rng(8);
+  ThreadPool pool(1);
+  const auto dir = test::temp_dir("memory_cross");
+  const std::string path = (dir / "kv.bin").string();
+  auto mem = make(test_layout(1));
+  fill(*mem, 0, {6}, rng);
+  ASSERT_TRUE(mem->save(path).is_ok());
+  const BlockCompression other = half() ? BlockCompression::F32 : BlockCompression::F16;
+  auto loaded = make_dense_memory(test_layout(1), other);
+  Status st = loaded->load(path);
+  ASSERT_TRUE(st.is_ok()) << st.message();
+  auto q = random_vec(kHeads * 8, rng);
+  std::vector<float> a(kHeads * 12), b(kHeads * 12);
+  mem->attend(0, 0, 5, 1, kHeads, q.data(), a.data(), 0.3f, pool);
+  loaded->attend(0, 0, 5, 1, kHeads, q.data(), b.data(), 0.3f, pool);
+  if (half()) {
+    EXPECT_EQ(a, b);  // halves widened to float and back: nothing lost
+  } else {
+    EXPECT_LT(max_abs_diff(a, b), 2e-3f);  // f32 values rounded to halves on load
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST_P(DenseMemoryTest, BytesUsedGrowsWithPositions) {
   std::mt19937 rng(7);
-  auto mem = make_dense_memory(test_layout(1, 64));
+  auto mem = make(test_layout(1, 64));
   const size_t empty = mem->bytes_used();
   fill(*mem, 0, {10}, rng);
   // 2 layers x 10 positions x 2 heads x (8 + 12) floats at least.
-  EXPECT_GE(mem->bytes_used(), empty + 2 * 10 * 2 * 20 * sizeof(float));
+  EXPECT_GE(mem->bytes_used(), empty + 2 * 10 * 2 * 20 * element_bytes());
+}
+
+// fp16 storage rounds each appended value to the nearest half: attention
+// equals the reference over the rounded keys and values, and differs from the
+// unrounded one by about the half's precision.
+TEST(DenseMemoryHalf, RoundsWhatItStoresAndHalvesTheBytes) {
+  std::mt19937 rng(10);
+  ThreadPool pool(2);
+  const MemoryLayout l = test_layout(1, 64);
+  auto half = make_dense_memory(l, BlockCompression::F16);
+  auto full = make_dense_memory(l);  // the default storage: exact
+  const int n = 40;
+  auto k = test::random_floats(static_cast<size_t>(n) * 2 * 8, rng);
+  auto v = test::random_floats(static_cast<size_t>(n) * 2 * 12, rng);
+  auto q = test::random_floats(static_cast<size_t>(n) * kHeads * 8, rng);
+  ASSERT_TRUE(half->append(0, 0, 0, n, k.data(), v.data()).is_ok());
+  ASSERT_TRUE(full->append(0, 0, 0, n, k.data(), v.data()).is_ok());
+  // Keys and values take half the bytes: 40 positions x 2 heads x (8 + 12) values.
+  EXPECT_EQ(full->bytes_used() - half->bytes_used(), size_t{n} * 2 * (8 + 12) * 2);
+  std::vector<float> out_half(static_cast<size_t>(n) * kHeads * 12), out_full(out_half.size());
+  half->attend(0, 0, 0, n, kHeads, q.data(), out_half.data(), 0.35f, pool);
+  full->attend(0, 0, 0, n, kHeads, q.data(), out_full.data(), 0.35f, pool);
+  const Stored rounded{round_to_half(k), round_to_half(v)};
+  EXPECT_LT(max_abs_diff(out_half, naive_attention(l, rounded, 0, n, q.data(), 0.35f)), 1e-5f);
+  const float vs_full = max_abs_diff(out_half, out_full);
+  EXPECT_GT(vs_full, 0.f);    // the rounding is real
+  EXPECT_LT(vs_full, 5e-3f);  // and small
 }
 
 }  // namespace
