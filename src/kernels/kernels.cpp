@@ -247,6 +247,21 @@ HWY_INLINE void ToF32T(A src, float* dst, size_t n) {
 void F16ToF32Impl(const uint16_t* src, float* dst, size_t n) { ToF32T(Half{src}, dst, n); }
 void BF16ToF32Impl(const uint16_t* src, float* dst, size_t n) { ToF32T(Brain{src}, dst, n); }
 
+// dst[0..n) = src rounded to IEEE half (nearest, ties to even). Highway
+// 1.0.3 emulates the conversion where x86 lacks F16C (SSSE3, SSE4) and on
+// scalar targets, and that emulation rounds half subnormals wrongly
+// (tests/kernels: FloatToHalfRoundsToNearestEven), so those use the scalar one.
+void F32ToF16Impl(const float* src, uint16_t* dst, size_t n) {
+#if HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_SSSE3 || HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
+  for (size_t i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
+  return;
+#endif
+  ForEachVector(n, [&](auto d, size_t i) {
+    const hn::Rebind<hwy::float16_t, decltype(d)> d16;
+    hn::StoreU(hn::DemoteTo(d16, hn::LoadU(d, src + i)), d16, reinterpret_cast<hwy::float16_t*>(dst + i));
+  });
+}
+
 // ---- Integer dot products with Q8_0 activations ----
 //
 // As llama.cpp does for Q8_0 and Q4_0 weights, the activation row is first
@@ -948,6 +963,7 @@ HWY_EXPORT(SoftmaxImpl);
 HWY_EXPORT(SiluMulImpl);
 HWY_EXPORT(F16ToF32Impl);
 HWY_EXPORT(BF16ToF32Impl);
+HWY_EXPORT(F32ToF16Impl);
 HWY_EXPORT(DotQ8_0Q8Impl);
 HWY_EXPORT(DotQ4_0Q8Impl);
 HWY_EXPORT(DotQ4_KQ8Impl);
@@ -975,6 +991,7 @@ void silu_mul(const float* gate, const float* up, float* out, size_t n) {
 }
 float max_value(const float* x, size_t n) { return HWY_DYNAMIC_DISPATCH(MaxImpl)(x, n); }
 void f16_to_f32(const uint16_t* src, float* dst, size_t n) { HWY_DYNAMIC_DISPATCH(F16ToF32Impl)(src, dst, n); }
+void f32_to_f16(const float* src, uint16_t* dst, size_t n) { HWY_DYNAMIC_DISPATCH(F32ToF16Impl)(src, dst, n); }
 
 const char* active_target() { return hwy::TargetName(HWY_DYNAMIC_DISPATCH(TargetImpl)()); }
 bool uses_arm_dotprod() { return HWY_DYNAMIC_DISPATCH(UsesArmDotProdImpl)(); }

@@ -32,6 +32,9 @@ void silu_mul(const float* gate, const float* up, float* out, size_t n);
 float max_value(const float* x, size_t n);
 // dst[0..n) = src as float32 (src: IEEE half bits; exact).
 void f16_to_f32(const uint16_t* src, float* dst, size_t n);
+// dst[0..n) = src rounded to IEEE half bits, to nearest with ties to even
+// (as quant's fp32_to_fp16) for finite values within the half range.
+void f32_to_f16(const float* src, uint16_t* dst, size_t n);
 
 // Largest scaled dot product of q[0..k_dim) with n_rows keys stored
 // column-major as int8 (Engram memory's key index):

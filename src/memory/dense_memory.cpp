@@ -8,8 +8,10 @@
 // (--kv-compression f32). Attention converts one chunk of keys and values at
 // a time to float32 scratch and runs the same GEMM + online softmax on it.
 //
-// Storage per (layer, seq), T = uint16_t (half bits) or float:
-//   k: [n_stored, n_kv_head, k_dim]   v: [n_stored, n_kv_head, v_dim]
+// Storage per (layer, seq), T = uint16_t (half bits) or float, head-major so
+// that a chunk of one KV head's keys is contiguous (one conversion call, and
+// the GEMM packs from consecutive rows):
+//   k: [n_kv_head, capacity, k_dim]   v: [n_kv_head, capacity, v_dim]
 // With layout.values_in_keys (MLA latents) v stays empty: a position's value
 // is the first v_dim entries of its key row.
 // Buffers grow as positions are appended (up to n_ctx), so a short
@@ -31,7 +33,6 @@
 #include "kernels/kernels.h"
 #include "memory/memory.h"
 #include "memory/online_softmax.h"
-#include "quant/quant.h"
 
 namespace engram {
 namespace {
@@ -40,7 +41,7 @@ namespace {
 //   "ENGRAMKV" | u32 version | u32 n_layer | u32 n_kv_head | u32 k_dim | u32 v_dim | u32 values_in_keys
 //   | u32 n_seq
 //   per seq:   i64 n_positions | n_positions x u8 present
-//   per layer, per seq: i64 n_stored | k floats [n_stored*n_kv_head*k_dim] | v floats [n_stored*n_kv_head*v_dim]
+//   per layer, per seq: i64 n_stored | k floats [n_stored][n_kv_head][k_dim] | v floats [n_stored][n_kv_head][v_dim]
 //   (no v floats when values_in_keys). Version 1 files lack values_in_keys
 //   (always 0) and still load. Files hold float32 whatever the memory stores
 //   (half -> float -> half is exact), so either kind of memory loads them.
@@ -57,16 +58,15 @@ constexpr uint32_t kSeqVersion = 2;
 
 template <class T>
 struct LayerSeq {
-  std::vector<T> k;  // [n_stored, n_kv_head, k_dim]
-  std::vector<T> v;  // [n_stored, n_kv_head, v_dim]; empty when values_in_keys
+  std::vector<T> k;  // [n_kv_head, capacity, k_dim]
+  std::vector<T> v;  // [n_kv_head, capacity, v_dim]; empty when values_in_keys
+  int64_t capacity = 0;  // positions each head has room for
   int64_t n_stored = 0;
 };
 
 // Element conversions between the stored type and float32.
 void store_elements(const float* src, float* dst, size_t n) { std::memcpy(dst, src, n * sizeof(float)); }
-void store_elements(const float* src, uint16_t* dst, size_t n) {
-  for (size_t i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
-}
+void store_elements(const float* src, uint16_t* dst, size_t n) { kernels::f32_to_f16(src, dst, n); }
 void load_elements(const float* src, float* dst, size_t n) { std::memcpy(dst, src, n * sizeof(float)); }
 void load_elements(const uint16_t* src, float* dst, size_t n) { kernels::f16_to_f32(src, dst, n); }
 
@@ -123,12 +123,16 @@ class DenseMemory final : public Memory {
     // Writing position p makes everything after it stale (it was computed
     // with the old p in context), so the sequence now ends at pos0 + n.
     const int64_t end = pos0 + n;
-    const size_t k_row = k_row_size(), v_row = v_row_size();
-    c.k.resize(static_cast<size_t>(end) * k_row);
-    c.v.resize(static_cast<size_t>(end) * v_row);
-    store_elements(k, c.k.data() + static_cast<size_t>(pos0) * k_row, static_cast<size_t>(n) * k_row);
-    if (v_row > 0)  // v is ignored (may be null) when values live in the keys
-      store_elements(v, c.v.data() + static_cast<size_t>(pos0) * v_row, static_cast<size_t>(n) * v_row);
+    grow(c, end);
+    const size_t k_dim = static_cast<size_t>(layout_.k_dim), v_dim = static_cast<size_t>(layout_.v_dim);
+    for (int i = 0; i < n; ++i) {
+      for (int h = 0; h < layout_.n_kv_head; ++h) {
+        const size_t row = static_cast<size_t>(i) * layout_.n_kv_head + h;
+        store_elements(k + row * k_dim, key_row(c, h, pos0 + i), k_dim);
+        if (has_values())  // v is ignored (may be null) when values live in the keys
+          store_elements(v + row * v_dim, value_row(c, h, pos0 + i), v_dim);
+      }
+    }
     c.n_stored = end;
 
     std::vector<uint8_t>& present = present_[static_cast<size_t>(seq)];
@@ -160,13 +164,19 @@ class DenseMemory final : public Memory {
     // hands each thread a contiguous range and causal tiles grow in cost.
     const int n_tiles = (n + kTileQueries - 1) / kTileQueries;
     const TileShape shape{pos0, n_head, n_head / n_kv_head, scale, has_holes};
+    // Half storage and several tiles (prefill): every tile would widen the
+    // same key chunks again, so widen them all once, in parallel.
+    const Widened* wide = nullptr;
+    if constexpr (!std::is_same_v<T, float>) {
+      if (n_tiles > 2) wide = widen(c, n_keys_max, pool);
+    }
     pool.parallel_for(static_cast<size_t>(n_tiles) * n_kv_head, [&](size_t begin, size_t end, int thread) {
       for (size_t item = begin; item < end; ++item) {
         const int slot = static_cast<int>(item / static_cast<size_t>(n_kv_head));
         const int kvh = static_cast<int>(item % static_cast<size_t>(n_kv_head));
         const int tile = slot % 2 == 0 ? slot / 2 : n_tiles - 1 - slot / 2;
         const int i0 = tile * kTileQueries;
-        attend_tile(c, present, shape, kvh, i0, std::min(n, i0 + kTileQueries), q, out,
+        attend_tile(c, wide, present, shape, kvh, i0, std::min(n, i0 + kTileQueries), q, out,
                     tiles_[static_cast<size_t>(thread)]);
       }
     });
@@ -181,8 +191,6 @@ class DenseMemory final : public Memory {
       for (int l = 0; l < layout_.n_layer; ++l) {
         LayerSeq<T>& c = cell(l, seq);
         c.n_stored = std::min(c.n_stored, p0);
-        c.k.resize(static_cast<size_t>(c.n_stored) * k_row_size());
-        c.v.resize(static_cast<size_t>(c.n_stored) * v_row_size());
       }
       std::vector<uint8_t>& present = present_[static_cast<size_t>(seq)];
       present.resize(static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(present.size()), p0)));
@@ -232,8 +240,7 @@ class DenseMemory final : public Memory {
       for (int s = 0; s < layout_.n_seq; ++s) {
         const LayerSeq<T>& c = cell(l, s);
         put_i64(c.n_stored);
-        put_floats(out, c.k.data(), static_cast<size_t>(c.n_stored) * k_row_size());
-        put_floats(out, c.v.data(), static_cast<size_t>(c.n_stored) * v_row_size());
+        put_positions(out, c, c.n_stored);
       }
     }
     out.flush();
@@ -264,10 +271,7 @@ class DenseMemory final : public Memory {
           return make_error(path, ": layer ", std::to_string(l), " sequence ", std::to_string(s), " stores ",
                             std::to_string(c.n_stored), " positions but the sequence has ",
                             std::to_string(present[static_cast<size_t>(s)].size()));
-        c.k.resize(static_cast<size_t>(c.n_stored) * k_row_size());
-        c.v.resize(static_cast<size_t>(c.n_stored) * v_row_size());
-        ENGRAM_RETURN_IF_ERROR(read_floats(r, c.k.data(), c.k.size(), "keys"));
-        ENGRAM_RETURN_IF_ERROR(read_floats(r, c.v.data(), c.v.size(), "values"));
+        ENGRAM_RETURN_IF_ERROR(read_positions(r, c, c.n_stored));
       }
     }
     if (r.remaining() != 0)
@@ -305,8 +309,7 @@ class DenseMemory final : public Memory {
       put(present_[static_cast<size_t>(seq)].data(), static_cast<size_t>(n));
       for (int l = 0; l < layout_.n_layer; ++l) {
         const LayerSeq<T>& c = cell(l, seq);
-        put_floats(out, c.k.data(), static_cast<size_t>(n) * k_row_size());
-        put_floats(out, c.v.data(), static_cast<size_t>(n) * v_row_size());
+        put_positions(out, c, n);
       }
       out.flush();
       if (!out) {
@@ -337,10 +340,7 @@ class DenseMemory final : public Memory {
     std::vector<LayerSeq<T>> cells(static_cast<size_t>(layout_.n_layer));
     for (LayerSeq<T>& c : cells) {
       c.n_stored = n;
-      c.k.resize(static_cast<size_t>(n) * k_row_size());
-      c.v.resize(static_cast<size_t>(n) * v_row_size());
-      ENGRAM_RETURN_IF_ERROR(read_floats(r, c.k.data(), c.k.size(), "keys"));
-      ENGRAM_RETURN_IF_ERROR(read_floats(r, c.v.data(), c.v.size(), "values"));
+      ENGRAM_RETURN_IF_ERROR(read_positions(r, c, n));
     }
     if (r.remaining() != 0)
       return make_error(path, ": sequence file has ", std::to_string(r.remaining()),
@@ -356,48 +356,89 @@ class DenseMemory final : public Memory {
       bytes += sizeof(t) + (t.q.capacity() + t.scores.capacity() + t.max.capacity() + t.sum.capacity() +
                             t.pack.capacity() + t.keys.capacity() + t.values.capacity()) * sizeof(float);
     }
+    bytes += (wide_.k.capacity() + wide_.v.capacity()) * sizeof(float);
     for (const LayerSeq<T>& c : cells_) bytes += (c.k.capacity() + c.v.capacity()) * sizeof(T) + sizeof(LayerSeq<T>);
     for (const auto& p : present_) bytes += p.capacity() + sizeof(p);
     return bytes;
   }
 
  private:
-  size_t k_row_size() const { return static_cast<size_t>(layout_.n_kv_head) * static_cast<size_t>(layout_.k_dim); }
-  // Value floats stored per position: none when values live in the keys.
-  size_t v_row_size() const {
-    return layout_.values_in_keys ? 0 : static_cast<size_t>(layout_.n_kv_head) * static_cast<size_t>(layout_.v_dim);
-  }
   LayerSeq<T>& cell(int layer, int seq) { return cells_[static_cast<size_t>(layer) * layout_.n_seq + seq]; }
   const LayerSeq<T>& cell(int layer, int seq) const {
     return cells_[static_cast<size_t>(layer) * layout_.n_seq + seq];
   }
 
-  // Writes n stored elements as float32 (the file format), a chunk at a time.
-  static void put_floats(std::ofstream& out, const T* src, size_t n) {
-    if constexpr (std::is_same_v<T, float>) {
-      out.write(reinterpret_cast<const char*>(src), static_cast<std::streamsize>(n * sizeof(float)));
-    } else {
-      float chunk[4096];
-      for (size_t i = 0; i < n; i += 4096) {
-        const size_t m = std::min<size_t>(4096, n - i);
-        load_elements(src + i, chunk, m);
-        out.write(reinterpret_cast<const char*>(chunk), static_cast<std::streamsize>(m * sizeof(float)));
-      }
-    }
+  bool has_values() const { return !layout_.values_in_keys; }
+  // Rows of position p of kv head h (p < capacity).
+  static size_t row_index(const LayerSeq<T>& c, int h, int64_t p) {
+    return static_cast<size_t>(h) * static_cast<size_t>(c.capacity) + static_cast<size_t>(p);
   }
-  // Reads n float32 values of the file into stored elements.
-  static Status read_floats(ByteReader& r, T* dst, size_t n, const char* what) {
-    if constexpr (std::is_same_v<T, float>) {
-      return r.read_bytes(dst, n * sizeof(float), what);
-    } else {
-      float chunk[4096];
-      for (size_t i = 0; i < n; i += 4096) {
-        const size_t m = std::min<size_t>(4096, n - i);
-        ENGRAM_RETURN_IF_ERROR(r.read_bytes(chunk, m * sizeof(float), what));
-        store_elements(chunk, dst + i, m);
+  T* key_row(LayerSeq<T>& c, int h, int64_t p) const { return c.k.data() + row_index(c, h, p) * layout_.k_dim; }
+  const T* key_row(const LayerSeq<T>& c, int h, int64_t p) const {
+    return c.k.data() + row_index(c, h, p) * layout_.k_dim;
+  }
+  T* value_row(LayerSeq<T>& c, int h, int64_t p) const { return c.v.data() + row_index(c, h, p) * layout_.v_dim; }
+  const T* value_row(const LayerSeq<T>& c, int h, int64_t p) const {
+    return c.v.data() + row_index(c, h, p) * layout_.v_dim;
+  }
+
+  // Room for `end` positions per head: capacity doubles (up to n_ctx), and
+  // each head's stored rows move to the start of its new range.
+  void grow(LayerSeq<T>& c, int64_t end) const {
+    if (end <= c.capacity) return;
+    const int64_t capacity = std::min(std::max({end, 2 * c.capacity, int64_t{16}}), std::max(layout_.n_ctx, end));
+    LayerSeq<T> bigger;
+    bigger.capacity = capacity;
+    bigger.n_stored = c.n_stored;
+    const size_t heads = static_cast<size_t>(layout_.n_kv_head), k_dim = static_cast<size_t>(layout_.k_dim),
+                 v_dim = static_cast<size_t>(layout_.v_dim), kept = static_cast<size_t>(c.n_stored);
+    bigger.k.resize(heads * static_cast<size_t>(capacity) * k_dim);
+    if (has_values()) bigger.v.resize(heads * static_cast<size_t>(capacity) * v_dim);
+    for (int h = 0; h < layout_.n_kv_head; ++h) {
+      if (kept == 0) break;
+      std::memcpy(key_row(bigger, h, 0), key_row(c, h, 0), kept * k_dim * sizeof(T));
+      if (has_values()) std::memcpy(value_row(bigger, h, 0), value_row(c, h, 0), kept * v_dim * sizeof(T));
+    }
+    c = std::move(bigger);
+  }
+
+  // The file's layout: positions [0, n) as float32, keys [n][n_kv_head][k_dim]
+  // then values [n][n_kv_head][v_dim] (none when values live in the keys).
+  void put_positions(std::ofstream& out, const LayerSeq<T>& c, int64_t n) const {
+    std::vector<float> row(static_cast<size_t>(std::max(layout_.k_dim, layout_.v_dim)));
+    auto put_rows = [&](auto row_of, size_t dim) {
+      for (int64_t p = 0; p < n; ++p) {
+        for (int h = 0; h < layout_.n_kv_head; ++h) {
+          load_elements(row_of(h, p), row.data(), dim);
+          out.write(reinterpret_cast<const char*>(row.data()), static_cast<std::streamsize>(dim * sizeof(float)));
+        }
+      }
+    };
+    put_rows([&](int h, int64_t p) { return key_row(c, h, p); }, static_cast<size_t>(layout_.k_dim));
+    if (has_values()) put_rows([&](int h, int64_t p) { return value_row(c, h, p); }, static_cast<size_t>(layout_.v_dim));
+  }
+  // Reads what put_positions wrote into a cell with room for n positions.
+  Status read_positions(ByteReader& r, LayerSeq<T>& c, int64_t n) const {
+    const int64_t stored = c.n_stored;
+    c.n_stored = 0;
+    grow(c, n);
+    c.n_stored = stored;
+    std::vector<float> row(static_cast<size_t>(std::max(layout_.k_dim, layout_.v_dim)));
+    auto read_rows = [&](auto row_of, size_t dim, const char* what) -> Status {
+      for (int64_t p = 0; p < n; ++p) {
+        for (int h = 0; h < layout_.n_kv_head; ++h) {
+          ENGRAM_RETURN_IF_ERROR(r.read_bytes(row.data(), dim * sizeof(float), what));
+          store_elements(row.data(), row_of(h, p), dim);
+        }
       }
       return Status::ok();
-    }
+    };
+    ENGRAM_RETURN_IF_ERROR(read_rows([&](int h, int64_t p) { return key_row(c, h, p); },
+                                     static_cast<size_t>(layout_.k_dim), "keys"));
+    if (has_values())
+      ENGRAM_RETURN_IF_ERROR(read_rows([&](int h, int64_t p) { return value_row(c, h, p); },
+                                       static_cast<size_t>(layout_.v_dim), "values"));
+    return Status::ok();
   }
 
   Status check_layer_seq(int layer, int seq) const {
@@ -488,6 +529,32 @@ class DenseMemory final : public Memory {
     std::vector<float> values;  // half storage: [kKeyChunk, v_dim] its values
   };
 
+  // Keys [0, n_keys) of every kv head of one cell widened to float32, in the
+  // cell's head-major layout: [n_kv_head, n_keys, k_dim] and [.., v_dim].
+  struct Widened {
+    std::vector<float> k, v;
+    int64_t n_keys = 0;
+  };
+  const Widened* widen(const LayerSeq<T>& c, int64_t n_keys, ThreadPool& pool) {
+    const size_t k_dim = static_cast<size_t>(layout_.k_dim), v_dim = static_cast<size_t>(layout_.v_dim);
+    const size_t rows = static_cast<size_t>(layout_.n_kv_head) * static_cast<size_t>(n_keys);
+    wide_.n_keys = n_keys;
+    if (wide_.k.size() < rows * k_dim) wide_.k.resize(rows * k_dim);
+    if (has_values() && wide_.v.size() < rows * v_dim) wide_.v.resize(rows * v_dim);
+    const size_t chunks = static_cast<size_t>((n_keys + kKeyChunk - 1) / kKeyChunk);
+    pool.parallel_for(static_cast<size_t>(layout_.n_kv_head) * chunks, [&](size_t begin, size_t end, int) {
+      for (size_t item = begin; item < end; ++item) {
+        const int h = static_cast<int>(item / chunks);
+        const int64_t j0 = static_cast<int64_t>(item % chunks) * kKeyChunk;
+        const size_t count = static_cast<size_t>(std::min<int64_t>(kKeyChunk, n_keys - j0));
+        const size_t row = static_cast<size_t>(h) * static_cast<size_t>(n_keys) + static_cast<size_t>(j0);
+        load_elements(key_row(c, h, j0), wide_.k.data() + row * k_dim, count * k_dim);
+        if (has_values()) load_elements(value_row(c, h, j0), wide_.v.data() + row * v_dim, count * v_dim);
+      }
+    });
+    return &wide_;
+  }
+
   // Float rows of one chunk of keys [j0, j0 + n) of kv head kvh and their
   // values: pointers into the storage (float), or into the scratch they are
   // converted to (half). Values are their own rows or the key rows' first
@@ -498,21 +565,24 @@ class DenseMemory final : public Memory {
     const float* v;
     size_t v_stride;
   };
-  ChunkRows chunk_rows(const LayerSeq<T>& c, int kvh, int64_t j0, size_t n, TileScratch& ts) const {
+  ChunkRows chunk_rows(const LayerSeq<T>& c, const Widened* wide, int kvh, int64_t j0, size_t n,
+                       TileScratch& ts) const {
     const size_t k_dim = static_cast<size_t>(layout_.k_dim), v_dim = static_cast<size_t>(layout_.v_dim);
-    const size_t k_stride = k_row_size(), v_stride = v_row_size();
-    const T* k = c.k.data() + static_cast<size_t>(j0) * k_stride + static_cast<size_t>(kvh) * k_dim;
-    const T* v = layout_.values_in_keys ? nullptr
-                                        : c.v.data() + static_cast<size_t>(j0) * v_stride + static_cast<size_t>(kvh) * v_dim;
+    if (wide) {
+      const size_t row = static_cast<size_t>(kvh) * static_cast<size_t>(wide->n_keys) + static_cast<size_t>(j0);
+      const float* k = wide->k.data() + row * k_dim;
+      return has_values() ? ChunkRows{k, k_dim, wide->v.data() + row * v_dim, v_dim} : ChunkRows{k, k_dim, k, k_dim};
+    }
+    const T* k = key_row(c, kvh, j0);
+    const T* v = has_values() ? value_row(c, kvh, j0) : nullptr;
     if constexpr (std::is_same_v<T, float>) {
-      if (layout_.values_in_keys) return {k, k_stride, k, k_stride};
-      return {k, k_stride, v, v_stride};
+      return has_values() ? ChunkRows{k, k_dim, v, v_dim} : ChunkRows{k, k_dim, k, k_dim};
     } else {
       ts.keys.resize(kKeyChunk * k_dim);
-      for (size_t r = 0; r < n; ++r) load_elements(k + r * k_stride, ts.keys.data() + r * k_dim, k_dim);
-      if (layout_.values_in_keys) return {ts.keys.data(), k_dim, ts.keys.data(), k_dim};
+      load_elements(k, ts.keys.data(), n * k_dim);
+      if (!has_values()) return {ts.keys.data(), k_dim, ts.keys.data(), k_dim};
       ts.values.resize(kKeyChunk * v_dim);
-      for (size_t r = 0; r < n; ++r) load_elements(v + r * v_stride, ts.values.data() + r * v_dim, v_dim);
+      load_elements(v, ts.values.data(), n * v_dim);
       return {ts.keys.data(), k_dim, ts.values.data(), v_dim};
     }
   }
@@ -523,7 +593,7 @@ class DenseMemory final : public Memory {
   // keys, then every row rescales its output, adds exp(score - max) and the
   // weighted values. Tile row g * nq + t is query i0 + t of head
   // kvh * group + g.
-  void attend_tile(const LayerSeq<T>& c, const std::vector<uint8_t>& present, const TileShape& shape, int kvh, int i0,
+  void attend_tile(const LayerSeq<T>& c, const Widened* wide, const std::vector<uint8_t>& present, const TileShape& shape, int kvh, int i0,
                    int i1, const float* q, float* out, TileScratch& ts) const {
     const int k_dim = layout_.k_dim, v_dim = layout_.v_dim;
     const int nq = i1 - i0, rows = shape.group * nq;
@@ -540,7 +610,7 @@ class DenseMemory final : public Memory {
     const int64_t n_keys = std::min<int64_t>(shape.pos0 + i1, c.n_stored);
     for (int64_t j0 = 0; j0 < n_keys; j0 += kKeyChunk) {
       const size_t chunk = static_cast<size_t>(std::min<int64_t>(kKeyChunk, n_keys - j0));
-      const ChunkRows kv = chunk_rows(c, kvh, j0, chunk, ts);
+      const ChunkRows kv = chunk_rows(c, wide, kvh, j0, chunk, ts);
       kernels::gemm_f32(kv.k, kv.k_stride, chunk, ts.q.data(), k_dim, static_cast<size_t>(rows), k_dim,
                         ts.scores.data(), kKeyChunk, ts.pack);
       for (int row = 0; row < rows; ++row) {
@@ -568,6 +638,7 @@ class DenseMemory final : public Memory {
   std::vector<LayerSeq<T>> cells_;             // [n_layer * n_seq]
   std::vector<std::vector<uint8_t>> present_;  // per seq: 1 where a position is stored
   std::vector<TileScratch> tiles_;             // attention scratch, one per pool thread
+  Widened wide_;                               // half storage: one layer's keys and values as float (prefill)
 };
 
 }  // namespace

@@ -225,6 +225,34 @@ TEST(Kernels, HalfConversionCoversEveryFiniteValue) {
   });
 }
 
+// f32_to_f16 (the dense KV cache's writes) rounds as the scalar reference
+// on every target: normal and subnormal halves, ties, values just below the
+// overflow threshold, both signs.
+TEST(Kernels, FloatToHalfRoundsToNearestEven) {
+  std::vector<float> values;
+  std::mt19937 rng(17);
+  std::uniform_int_distribution<int> exponent(-26, 15);
+  std::uniform_real_distribution<float> mantissa(1.f, 2.f);
+  for (int i = 0; i < 20000; ++i) {
+    const float x = std::ldexp(mantissa(rng), exponent(rng));
+    values.push_back(i % 2 ? x : -x);
+  }
+  for (uint32_t h = 0; h < 0x7C00; h += 7) {  // exact halves and the midpoints above them
+    const float x = ref::half_to_float(static_cast<uint16_t>(h));
+    const float next = ref::half_to_float(static_cast<uint16_t>(h + 1));
+    values.push_back(x);
+    values.push_back(x + (next - x) / 2);  // a tie: rounds to the even neighbour
+  }
+  values.insert(values.end(), {0.f, -0.f, 65504.f, -65504.f, 65519.f, 1e-8f, 3e-8f});
+  for_each_target([&] {
+    std::vector<uint16_t> got(values.size() - 1);
+    f32_to_f16(values.data() + 1, got.data(), got.size());  // odd start: unaligned, with a tail
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_EQ(got[i], fp32_to_fp16(values[i + 1])) << "value " << values[i + 1];
+    }
+  });
+}
+
 TEST(Kernels, AddMulScaleAreExact) {
   for_each_target([] {
     for (size_t n : kSizes) {
