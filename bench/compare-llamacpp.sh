@@ -9,7 +9,9 @@
 # PEER_BIN_DIR holds a llama.cpp build's llama-bench (this script never builds
 # llama.cpp). Without it the script says so and exits 0.
 # Environment: THREADS (2), REPS (5) repetitions per run, P (512) prompt
-# tokens, N (128) generated tokens, ROUNDS (2) alternations per model,
+# tokens, N (128) generated tokens, D (0) tokens already in the context
+# (passed as -d only when > 0: llama-bench needs its -d option, which older
+# builds lack), ROUNDS (2) alternations per model,
 # ENGRAM (the engram binary; default build/engram beside this script),
 # KEEP (a directory to keep the raw JSON in), PEER_ARGS (extra llama-bench
 # flags, e.g. "--poll 0" on a busy machine, where busy-waiting threads stall,
@@ -20,6 +22,9 @@ set -euo pipefail
 THREADS=${THREADS:-2}
 REPS=${REPS:-5}
 P=${P:-512}
+D=${D:-0}
+depth_args=()
+if [ "$D" != 0 ]; then depth_args=(-d "$D"); fi
 N=${N:-128}
 ROUNDS=${ROUNDS:-2}
 PEER_ARGS=${PEER_ARGS:-}
@@ -52,7 +57,7 @@ mkdir -p "$raw"
 
 echo "engram: $ENGRAM"
 echo "llama.cpp: $peer_dir/llama-bench"
-echo "threads $THREADS, -p $P -n $N, $REPS repetitions x $ROUNDS rounds (alternating)${PEER_ARGS:+, llama-bench $PEER_ARGS}${ENGRAM_ARGS:+, engram $ENGRAM_ARGS}"
+echo "threads $THREADS, -p $P -n $N -d $D, $REPS repetitions x $ROUNDS rounds (alternating)${PEER_ARGS:+, llama-bench $PEER_ARGS}${ENGRAM_ARGS:+, engram $ENGRAM_ARGS}"
 echo
 
 i=0
@@ -64,10 +69,10 @@ for model in "$@"; do
   i=$((i + 1))
   for round in $(seq 1 "$ROUNDS"); do
     echo "[$model] round $round/$ROUNDS: engram" >&2
-    "$ENGRAM" bench speed -m "$model" -p "$P" -n "$N" -t "$THREADS" -r "$REPS" $ENGRAM_ARGS \
+    "$ENGRAM" bench speed -m "$model" -p "$P" -n "$N" "${depth_args[@]}" -t "$THREADS" -r "$REPS" $ENGRAM_ARGS \
       --json "$raw/m$i.engram.$round.json" >/dev/null
     echo "[$model] round $round/$ROUNDS: llama.cpp" >&2
-    "$peer_dir/llama-bench" -m "$model" -p "$P" -n "$N" -t "$THREADS" -r "$REPS" -o json $PEER_ARGS \
+    "$peer_dir/llama-bench" -m "$model" -p "$P" -n "$N" "${depth_args[@]}" -t "$THREADS" -r "$REPS" -o json $PEER_ARGS \
       >"$raw/m$i.llamacpp.$round.json" 2>"$raw/m$i.llamacpp.$round.log"
   done
   echo "$model" >"$raw/m$i.name"
@@ -92,6 +97,8 @@ for m in range(1, n_models + 1):
         elif f.startswith(f"m{m}.llamacpp.") and f.endswith(".json"):
             for t in json.load(open(path)):
                 test = f"pp{t['n_prompt']}" if t["n_gen"] == 0 else f"tg{t['n_gen']}"
+                if t.get("n_depth", 0):
+                    test += f" @ d{t['n_depth']}"
                 peer.setdefault(test, []).extend(t["samples_ts"])
     fmt = lambda v: "-" if v is None else f"{v:.2f}"
     ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"

@@ -16,6 +16,7 @@ namespace engram::tools {
 struct SpeedTest {
   std::string name;              // "pp512", "tg128"
   int n_prompt = 0, n_gen = 0;   // tokens in one repetition
+  int n_depth = 0;               // tokens already in the memory when it starts
   std::vector<double> seconds;   // per repetition
   std::vector<double> tokens_per_s;
   double median_ts = 0, mean_ts = 0, stddev_ts = 0, min_ts = 0, max_ts = 0;
@@ -23,10 +24,14 @@ struct SpeedTest {
 
 // pp: n_prompt random token ids in one decode (chunks of n_batch) from an
 // empty memory. tg: n_gen tokens one at a time from an empty memory (BOS
-// first, then random ids, as llama-bench). One warm-up run of each first,
-// then `reps` timed runs. A test with 0 tokens is skipped.
+// first, then random ids, as llama-bench). With n_depth > 0 (llama-bench's
+// -d), each repetition first fills the memory with n_depth random tokens,
+// untimed, and the test is named "pp512 @ d4096". The KV memory is dense,
+// fp16 by default as llama-bench's (`kv`: F16 or F32). One warm-up run of each first, then `reps`
+// timed runs. A test with 0 tokens is skipped.
 Expected<std::vector<SpeedTest>> measure_speed(Model& model, ThreadPool& pool, int n_prompt, int n_gen, int reps,
-                                               int n_batch, uint64_t seed);
+                                               int n_batch, uint64_t seed, int n_depth = 0,
+                                               BlockCompression kv = BlockCompression::F16);
 
 // Weight bytes one generated token reads: every tensor, except one row of
 // token_embd (when output.weight exists; tied embeddings are read whole) and

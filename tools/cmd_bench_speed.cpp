@@ -38,23 +38,33 @@ void summarize(SpeedTest& t) {
   t.stddev_ts = n > 1 ? std::sqrt(sq / static_cast<double>(n - 1)) : 0.0;
 }
 
-// One pp run: n random tokens from an empty memory. Returns seconds.
-Expected<double> run_prompt(Session& s, int n, int n_batch, std::mt19937_64& rng) {
+// Empties the memory, then fills it with `depth` random tokens (untimed).
+Status start_at_depth(Session& s, int depth, int n_batch, std::mt19937_64& rng) {
+  s.reset();
+  if (depth == 0) return Status::ok();
+  std::uniform_int_distribution<TokenId> pick(0, s.n_vocab() - 1);
+  std::vector<TokenId> tokens(static_cast<size_t>(depth));
+  for (TokenId& t : tokens) t = pick(rng);
+  return s.decode(tokens, n_batch);
+}
+
+// One pp run: n random tokens after `depth` others. Returns seconds.
+Expected<double> run_prompt(Session& s, int n, int depth, int n_batch, std::mt19937_64& rng) {
   std::uniform_int_distribution<TokenId> pick(0, s.n_vocab() - 1);
   std::vector<TokenId> tokens(static_cast<size_t>(n));
   for (TokenId& t : tokens) t = pick(rng);
-  s.reset();
+  ENGRAM_RETURN_IF_ERROR(start_at_depth(s, depth, n_batch, rng));
   const auto t0 = Clock::now();
   ENGRAM_RETURN_IF_ERROR(s.decode(tokens, n_batch));
   return seconds_since(t0);
 }
 
-// One tg run: n tokens one at a time from an empty memory. Returns seconds.
-Expected<double> run_generation(Session& s, int n, std::mt19937_64& rng) {
+// One tg run: n tokens one at a time after `depth` others. Returns seconds.
+Expected<double> run_generation(Session& s, int n, int depth, int n_batch, std::mt19937_64& rng) {
   std::uniform_int_distribution<TokenId> pick(0, s.n_vocab() - 1);
   const TokenId bos = s.tokenizer().bos();
-  TokenId token = bos >= 0 ? bos : pick(rng);
-  s.reset();
+  TokenId token = bos >= 0 && depth == 0 ? bos : pick(rng);
+  ENGRAM_RETURN_IF_ERROR(start_at_depth(s, depth, n_batch, rng));
   const auto t0 = Clock::now();
   for (int i = 0; i < n; ++i) {
     ENGRAM_RETURN_IF_ERROR(s.decode(std::span<const TokenId>(&token, 1), 1));
@@ -65,9 +75,10 @@ Expected<double> run_generation(Session& s, int n, std::mt19937_64& rng) {
 
 struct SpeedOptions {
   std::string model, json;
-  int n_prompt = 512, n_gen = 128, reps = 5, threads = 0, n_batch = 512;
+  int n_prompt = 512, n_gen = 128, reps = 5, threads = 0, n_batch = 512, n_depth = 0;
   uint64_t seed = 42;
   bool markdown = false;
+  std::string kv = "fp16";
   LoadMode load = LoadMode::kAuto;
 };
 
@@ -97,12 +108,15 @@ int run(const SpeedOptions& o) {
   if (o.n_prompt == 0 && o.n_gen == 0) return fail("bench speed: nothing to measure (-p 0 and -n 0)");
   if (o.reps < 1) return fail("bench speed: -r must be >= 1");
   if (o.n_batch < 1) return fail("bench speed: --batch must be >= 1");
+  if (o.n_depth < 0) return fail("bench speed: -d must be >= 0");
   auto path = resolve_model_path(o.model);
   if (!path) return fail(path.error().message);
   auto model = Model::load(*path, o.load);
   if (!model) return fail(model.error().message);
   ThreadPool pool(o.threads);
-  auto tests = measure_speed(**model, pool, o.n_prompt, o.n_gen, o.reps, o.n_batch, o.seed);
+  auto kv = parse_block_compression(o.kv);
+  if (!kv || *kv == BlockCompression::INT8) return fail("bench speed: --kv: expected fp16 or f32, got '" + o.kv + "'");
+  auto tests = measure_speed(**model, pool, o.n_prompt, o.n_gen, o.reps, o.n_batch, o.seed, o.n_depth, *kv);
   if (!tests) return fail(tests.error().message);
 
   const gguf::File& file = (*model)->file();
@@ -123,6 +137,7 @@ int run(const SpeedOptions& o) {
     j["model_n_active_params"] = (*model)->active_parameter_count();
     j["n_threads"] = pool.size();
     j["n_batch"] = o.n_batch;
+    j["kv_type"] = o.kv;
     j["kernel_target"] = kernels::active_target();
     j["tests"] = nlohmann::json::array();
     for (const SpeedTest& t : *tests) {
@@ -130,6 +145,7 @@ int run(const SpeedOptions& o) {
       jt["test"] = t.name;
       jt["n_prompt"] = t.n_prompt;
       jt["n_gen"] = t.n_gen;
+      jt["n_depth"] = t.n_depth;
       jt["samples_s"] = t.seconds;
       jt["samples_ts"] = t.tokens_per_s;
       jt["median_ts"] = t.median_ts;
@@ -161,21 +177,21 @@ int run(const SpeedOptions& o) {
 }  // namespace
 
 Expected<std::vector<SpeedTest>> measure_speed(Model& model, ThreadPool& pool, int n_prompt, int n_gen, int reps,
-                                               int n_batch, uint64_t seed) {
-  const int64_t n_ctx = std::max(n_prompt, n_gen) + 1;
-  // fp16 keys and values, as llama-bench's default KV cache.
-  Session session(model, pool, n_ctx,
-                  make_dense_memory(model.memory_layout(resolve_context(model.config(), n_ctx)), BlockCompression::F16));
+                                               int n_batch, uint64_t seed, int n_depth, BlockCompression kv) {
+  const int64_t n_ctx = static_cast<int64_t>(n_depth) + std::max(n_prompt, n_gen) + 1;
+  const std::string at_depth = n_depth > 0 ? " @ d" + std::to_string(n_depth) : "";
+  Session session(model, pool, n_ctx, make_dense_memory(model.memory_layout(resolve_context(model.config(), n_ctx)), kv));
   std::mt19937_64 rng(seed);
   std::vector<SpeedTest> tests;
   if (n_prompt > 0) {
     SpeedTest t;
-    t.name = "pp" + std::to_string(n_prompt);
+    t.name = "pp" + std::to_string(n_prompt) + at_depth;
     t.n_prompt = n_prompt;
-    auto warm = run_prompt(session, n_prompt, n_batch, rng);  // also faults in every weight page
+    t.n_depth = n_depth;
+    auto warm = run_prompt(session, n_prompt, n_depth, n_batch, rng);  // also faults in every weight page
     if (!warm) return warm.error();
     for (int r = 0; r < reps; ++r) {
-      auto s = run_prompt(session, n_prompt, n_batch, rng);
+      auto s = run_prompt(session, n_prompt, n_depth, n_batch, rng);
       if (!s) return s.error();
       t.seconds.push_back(*s);
       t.tokens_per_s.push_back(n_prompt / std::max(*s, 1e-12));
@@ -185,12 +201,13 @@ Expected<std::vector<SpeedTest>> measure_speed(Model& model, ThreadPool& pool, i
   }
   if (n_gen > 0) {
     SpeedTest t;
-    t.name = "tg" + std::to_string(n_gen);
+    t.name = "tg" + std::to_string(n_gen) + at_depth;
     t.n_gen = n_gen;
-    auto warm = run_generation(session, n_gen, rng);
+    t.n_depth = n_depth;
+    auto warm = run_generation(session, n_gen, n_depth, n_batch, rng);
     if (!warm) return warm.error();
     for (int r = 0; r < reps; ++r) {
-      auto s = run_generation(session, n_gen, rng);
+      auto s = run_generation(session, n_gen, n_depth, n_batch, rng);
       if (!s) return s.error();
       t.seconds.push_back(*s);
       t.tokens_per_s.push_back(n_gen / std::max(*s, 1e-12));
@@ -246,6 +263,9 @@ Command add_bench_speed_command(CLI::App& bench) {
   app->add_option("-n,--n-gen", o->n_gen, "Generated tokens of the tg test (0: skip)")->capture_default_str();
   app->add_option("-r,--repetitions", o->reps, "Timed repetitions of each test")->capture_default_str();
   app->add_option("-b,--batch", o->n_batch, "Prompt tokens per forward call")->capture_default_str();
+  app->add_option("--kv", o->kv, "KV cache storage: fp16 (as llama-bench's default) or f32")->capture_default_str();
+  app->add_option("-d,--n-depth", o->n_depth, "Tokens already in the context (untimed) when each test starts")
+      ->capture_default_str();
   app->add_option("--seed", o->seed, "Seed of the random token ids")->capture_default_str();
   app->add_option("--json", o->json, "Write every repetition as JSON to this file ('-': stdout)");
   app->add_flag("--markdown", o->markdown, "Print the markdown table (the default unless --json -)");
