@@ -509,6 +509,8 @@ class DenseMemory final : public Memory {
   // query heads per kv head).
   static constexpr int kTileQueries = 16;
   static constexpr int kKeyChunk = 128;
+  // Up to this many query rows per tile, scores are row dots, not a GEMM.
+  static constexpr int kDotRows = 4;
 
   struct TileShape {
     int64_t pos0;    // position of query 0
@@ -587,6 +589,22 @@ class DenseMemory final : public Memory {
     }
   }
 
+  // ts.scores[row * kKeyChunk + r] = query row . key r of the chunk. A GEMM
+  // packs the keys into a panel first, which pays off only with several query
+  // rows; decode (one row per head, or a small GQA group) takes plain dots.
+  static void chunk_scores(const ChunkRows& kv, size_t chunk, TileScratch& ts, int rows, int k_dim) {
+    if (rows > kDotRows) {
+      kernels::gemm_f32(kv.k, kv.k_stride, chunk, ts.q.data(), static_cast<size_t>(k_dim), static_cast<size_t>(rows),
+                        static_cast<size_t>(k_dim), ts.scores.data(), kKeyChunk, ts.pack);
+      return;
+    }
+    for (int row = 0; row < rows; ++row) {
+      const float* q = ts.q.data() + static_cast<size_t>(row) * k_dim;
+      float* s = ts.scores.data() + static_cast<size_t>(row) * kKeyChunk;
+      for (size_t r = 0; r < chunk; ++r) s[r] = kernels::dot(q, kv.k + r * kv.k_stride, static_cast<size_t>(k_dim));
+    }
+  }
+
   // Attention of queries [i0, i1) of the query heads of kv head kvh, with an
   // online softmax over chunks of keys (flash-attention style): each chunk's
   // scores come from one GEMM of the tile's query rows against the chunk's
@@ -611,8 +629,7 @@ class DenseMemory final : public Memory {
     for (int64_t j0 = 0; j0 < n_keys; j0 += kKeyChunk) {
       const size_t chunk = static_cast<size_t>(std::min<int64_t>(kKeyChunk, n_keys - j0));
       const ChunkRows kv = chunk_rows(c, wide, kvh, j0, chunk, ts);
-      kernels::gemm_f32(kv.k, kv.k_stride, chunk, ts.q.data(), k_dim, static_cast<size_t>(rows), k_dim,
-                        ts.scores.data(), kKeyChunk, ts.pack);
+      chunk_scores(kv, chunk, ts, rows, k_dim);
       for (int row = 0; row < rows; ++row) {
         // Keys of this chunk the row's query sees (itself and earlier).
         const int64_t visible = std::min<int64_t>(shape.pos0 + i0 + row % nq + 1, c.n_stored) - j0;
