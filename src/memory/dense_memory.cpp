@@ -2,11 +2,12 @@
 // buffer per (layer, sequence). This is the baseline the other memories are
 // measured against.
 //
-// Elements are IEEE half by default, as in llama.cpp's default KV cache: half
-// the bytes of float32 per context token, and attention streams half the
-// memory. DenseMemory<float> keeps float32 for exact comparisons
-// (--kv-compression f32). Attention converts one chunk of keys and values at
-// a time to float32 scratch and runs the same GEMM + online softmax on it.
+// Elements are IEEE half (DenseMemory<uint16_t>: what make_memory builds by
+// default, as llama.cpp's default KV cache; half the bytes of float32 per
+// context token) or float32 (DenseMemory<float>: exact, make_dense_memory's
+// default and --kv-compression f32). With half storage, attention widens a
+// chunk of keys and values to float32 scratch (in prefill, a layer's keys
+// once for all tiles) and runs the same scores + online softmax on it.
 //
 // Storage per (layer, seq), T = uint16_t (half bits) or float, head-major so
 // that a chunk of one KV head's keys is contiguous (one conversion call, and
@@ -187,7 +188,7 @@ class DenseMemory final : public Memory {
     p0 = std::max<int64_t>(p0, 0);
     const int64_t end = n_positions(seq);
     if (p1 < 0 || p1 >= end) {
-      // Truncation: drop the tail and its storage.
+      // Truncation: drop the tail (its storage stays for the next appends).
       for (int l = 0; l < layout_.n_layer; ++l) {
         LayerSeq<T>& c = cell(l, seq);
         c.n_stored = std::min(c.n_stored, p0);
