@@ -18,10 +18,6 @@
 namespace engram::tools {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
 struct RooflineOptions {
   std::string model, json;
   int threads = 0, n_gen = 128, reps = 3;

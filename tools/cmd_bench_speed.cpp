@@ -19,10 +19,6 @@
 namespace engram::tools {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
 void summarize(SpeedTest& t) {
   std::vector<double> ts = t.tokens_per_s;
   if (ts.empty()) return;

@@ -23,8 +23,6 @@
 namespace engram::tools {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 struct DemoOptions {
   std::string model;
   std::string length = "128K";
@@ -42,8 +40,6 @@ struct Fact {
   int value = 0;
   double depth = 0;  // fraction of the document before it
 };
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // The document: BOS, then haystack units from a random start (wrapping),
 // with one needle per fact at its depth, up to `length` tokens in all.

@@ -57,10 +57,10 @@ int run(const GenModelOptions& o) {
   if (Status ok = check_random_model_spec(s); !ok) return fail(ok.message());
 
   ThreadPool pool(o.threads);
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   auto summary = write_random_model(s, o.type, o.seed, o.out, pool);
   if (!summary) return fail(summary.error().message);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds = seconds_since(t0);
   std::printf("wrote %s: %s %s, %d tensors, %s parameters (%s active), %.1f MiB of weights, %.1f s\n",
               o.out.c_str(), s.arch.c_str(), summary->type.c_str(), summary->n_tensors,
               millions(summary->n_params).c_str(), millions(summary->n_active).c_str(),

@@ -2,6 +2,7 @@
 // the options every command takes, token id lists.
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,13 @@
 #include "util/status.h"
 
 namespace engram::tools {
+
+using Clock = std::chrono::steady_clock;
+
+// Wall-clock seconds from t0 to now, for the speed figures the commands print.
+inline double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 // models/engram.gguf in the source tree when it exists.
 std::string default_model_path();

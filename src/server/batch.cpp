@@ -21,6 +21,7 @@
 #include <tuple>
 
 #include "server/ledger_sql.h"
+#include "util/clock.h"
 
 namespace engram::server {
 namespace {
@@ -31,11 +32,6 @@ namespace fs = std::filesystem;
 constexpr int64_t kCompletionWindowSeconds = 24 * 3600;
 constexpr size_t kMaxLines = 50000;      // OpenAI's limit per batch
 constexpr size_t kMaxReportedErrors = 100;
-
-int64_t system_unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 json null_if_zero(int64_t v) { return v == 0 ? json(nullptr) : json(v); }
 json null_if_empty(const std::string& s) { return s.empty() ? json(nullptr) : json(s); }
@@ -392,7 +388,7 @@ Expected<FileObject> FileStore::put(const std::string& filename, const std::stri
   f.filename = filename;
   f.purpose = purpose;
   f.bytes = static_cast<int64_t>(content.size());
-  f.created_at = system_unix_now();
+  f.created_at = unix_now_seconds();
   f.owner_key = owner_key;
   ENGRAM_RETURN_IF_ERROR(write_file_durably(fs::path(dir_) / f.id, content));
   Status st = ledger_.transaction([&](sqlite3* db) -> Status {
@@ -486,7 +482,7 @@ struct BatchService::Impl {
 
   Impl(Ledger& l, FileStore& f, BatchExecutor e, BatchOptions o)
       : ledger(l), files(f), executor(std::move(e)), options(std::move(o)) {
-    if (!options.now_unix) options.now_unix = system_unix_now;
+    if (!options.now_unix) options.now_unix = unix_now_seconds;
     if (!options.capacity_available) options.capacity_available = [] { return true; };
     if (options.concurrency < 1) options.concurrency = 1;
     if (options.poll_interval.count() < 1) options.poll_interval = std::chrono::milliseconds(1);

@@ -31,6 +31,7 @@
 #include "server/openai.h"
 #include "server/pricing.h"
 #include "server/reasoning.h"
+#include "util/clock.h"
 
 namespace engram::server {
 
@@ -40,10 +41,6 @@ using Headers = std::vector<std::pair<std::string, std::string>>;
 namespace {
 
 using SteadyClock = std::chrono::steady_clock;
-
-int64_t unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
 
 // ---------------------------------------------------------------- errors
 
@@ -244,7 +241,7 @@ struct HttpServer::Impl {
   const Tokenizer& tok;
   ChatTemplateKind chat_kind;
   std::string bos_text, eos_text;
-  int64_t created_at = unix_now();
+  int64_t created_at = unix_now_seconds();
 
   std::unique_ptr<Ledger> ledger;
   std::unique_ptr<FileStore> files;
@@ -438,7 +435,7 @@ struct HttpServer::Impl {
     const CompletionParams& p = prep.params;
     job = std::make_shared<Job>(prep.start_in_reasoning);
     job->endpoint = p.endpoint;
-    job->meta = {new_id(p.endpoint == Endpoint::CHAT ? "chatcmpl-" : "cmpl-"), unix_now(), opts.model_id};
+    job->meta = {new_id(p.endpoint == Endpoint::CHAT ? "chatcmpl-" : "cmpl-"), unix_now_seconds(), opts.model_id};
     job->key = caller.key;
     job->limiter_key = batch ? "batch:" + caller.key : caller.key;
     job->batch = batch;

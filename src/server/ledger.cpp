@@ -13,6 +13,7 @@
 #include <sqlite3.h>
 
 #include "server/ledger_sql.h"
+#include "util/clock.h"
 
 namespace engram::server {
 namespace {
@@ -81,11 +82,6 @@ CREATE TABLE batch_lines(
   status_code INTEGER,
   PRIMARY KEY(batch_id, line));
 )sql";
-
-int64_t unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // Keys in error messages are shortened so logs do not leak them.
 std::string masked(const std::string& key) { return key.size() <= 8 ? key : key.substr(0, 8) + "..."; }
@@ -220,7 +216,7 @@ Status Ledger::sync_config_keys(const std::vector<KeyConfig>& keys, const KeyLim
   // default_limits, so the keys carry their resolved limits. The config
   // decides names, limits and whether a key is prepaid; the amount already
   // in the database wins, so a restart never refills a balance.
-  const int64_t now = unix_now();
+  const int64_t now = unix_now_seconds();
   return transaction([&](sqlite3* db) -> Status {
     for (const KeyConfig& k : keys) {
       sql::Statement st(db, path_,
@@ -259,7 +255,7 @@ Expected<KeyRecord> Ledger::create_key(const std::string& name, const KeyLimits&
   k.name = name;
   k.limits = limits;
   k.balance_usd = balance_usd;
-  k.created_unix = unix_now();
+  k.created_unix = unix_now_seconds();
   // 128 random bits: a collision means a broken random source; retry a few times anyway.
   for (int attempt = 0; attempt < 4; ++attempt) {
     k.key = random_id("sk-", 32);

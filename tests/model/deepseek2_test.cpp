@@ -22,6 +22,7 @@
 #include "memory/memory.h"
 #include "model/deepseek2.h"
 #include "model/model.h"
+#include "model_test_support.h"
 #include "test_support.h"
 
 namespace engram {
@@ -32,41 +33,16 @@ using test::max_abs_diff;
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-constexpr int kVocab = 512;
+using test::argmax;
+using test::kVocab;
+using test::load_or_fail;
+using test::models_dir;
+using test::teacher_forced;
+
 constexpr const char* kV2Lite = "tiny-deepseek2-v2lite-f32";
 constexpr const char* kV3 = "tiny-deepseek2-v3-f32";
 
-fs::path models_dir() { return test::ref_dir() / "models"; }
 json manifest_of(const std::string& name) { return json::parse(test::read_text_file(models_dir() / (name + ".json"))); }
-
-std::unique_ptr<Model> load_or_fail(const fs::path& path) {
-  auto m = Model::load(path.string());
-  EXPECT_TRUE(m.has_value()) << (m ? "" : m.error().message);
-  return m ? std::move(m).value() : nullptr;
-}
-
-int argmax(const float* row, int n) { return static_cast<int>(std::max_element(row, row + n) - row); }
-
-using MemoryFactory = std::function<std::unique_ptr<Memory>(const MemoryLayout&)>;
-std::unique_ptr<Memory> dense(const MemoryLayout& l) { return make_dense_memory(l); }
-
-// Teacher-forced logits: the prompt in one batch (every row), then each of
-// `fed` one token at a time. Returns [prompt + fed, n_vocab].
-std::vector<float> teacher_forced(Model& model, const std::vector<TokenId>& prompt, const std::vector<TokenId>& fed,
-                                  ThreadPool& pool, const MemoryFactory& make = dense) {
-  const size_t rows = prompt.size() + fed.size();
-  auto memory = make(model.memory_layout(static_cast<int64_t>(rows)));
-  std::vector<float> logits(rows * kVocab);
-  Status s = model.forward(prompt, 0, 0, *memory, logits.data(), true, pool);
-  EXPECT_TRUE(s.is_ok()) << s.message();
-  for (size_t k = 0; k < fed.size(); ++k) {
-    const int64_t pos = static_cast<int64_t>(prompt.size() + k);
-    Status st = model.forward(std::span<const TokenId>(&fed[k], 1), pos, 0, *memory,
-                              logits.data() + static_cast<size_t>(pos) * kVocab, false, pool);
-    EXPECT_TRUE(st.is_ok()) << st.message();
-  }
-  return logits;
-}
 
 // Compares a model's teacher-forced logits and greedy picks with the
 // reference files of `name` (1e-3 and exact ids, README section 4).

@@ -16,6 +16,7 @@
 #include "memory/memory.h"
 #include "model/deepseek2.h"
 #include "model/model.h"
+#include "model_test_support.h"
 #include "test_support.h"
 
 namespace engram {
@@ -23,12 +24,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-fs::path models_dir() { return test::ref_dir() / "models"; }
-
-std::unique_ptr<Model> load_or_fail(const std::string& name) {
-  auto m = Model::load((models_dir() / (name + ".gguf")).string());
-  EXPECT_TRUE(m.has_value()) << (m ? "" : m.error().message);
-  return m ? std::move(m).value() : nullptr;
+// The reference model `name` of ../shared/ref/models.
+std::unique_ptr<Model> load_ref_or_fail(const std::string& name) {
+  return test::load_or_fail(test::models_dir() / (name + ".gguf"));
 }
 
 // BOS then `n - 1` seeded random ids of the vocabulary.
@@ -119,14 +117,14 @@ class ForwardBatch : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(ForwardBatch, EqualsForwardOnEachSequence) {
   ENGRAM_REQUIRE_REF();
-  auto model = load_or_fail(GetParam());
+  auto model = load_ref_or_fail(GetParam());
   ASSERT_TRUE(model);
   expect_batch_equals_separate(*model, *model);
 }
 
 TEST_P(ForwardBatch, DefaultSegmentBySegmentEqualsForward) {
   ENGRAM_REQUIRE_REF();
-  auto model = load_or_fail(GetParam());
+  auto model = load_ref_or_fail(GetParam());
   ASSERT_TRUE(model);
   DefaultBatchModel by_segment(*model);
   expect_batch_equals_separate(by_segment, *model);
@@ -145,7 +143,7 @@ INSTANTIATE_TEST_SUITE_P(Ref, ForwardBatch,
 // sequence: a batch mixing such a segment with others still matches.
 TEST(ForwardBatchDeepseek2, DecompressedPrefillInAMixedBatch) {
   ENGRAM_REQUIRE_REF();
-  auto model = load_or_fail("tiny-deepseek2-v3-f32");
+  auto model = load_ref_or_fail("tiny-deepseek2-v3-f32");
   ASSERT_TRUE(model);
   ASSERT_TRUE(set_mla_prefill(*model, MlaPrefill::DECOMPRESSED).is_ok());
   expect_batch_equals_separate(*model, *model);
@@ -153,7 +151,7 @@ TEST(ForwardBatchDeepseek2, DecompressedPrefillInAMixedBatch) {
 
 TEST(ForwardBatchErrors, BadSegmentsAreNamed) {
   ENGRAM_REQUIRE_REF();
-  auto model = load_or_fail("stories260K");
+  auto model = load_ref_or_fail("stories260K");
   ASSERT_TRUE(model);
   DefaultBatchModel by_segment(*model);
   ThreadPool pool(1);

@@ -13,6 +13,7 @@
 #include "gguf/gguf.h"
 #include "memory/memory.h"
 #include "model/model.h"
+#include "model_test_support.h"
 #include "test_support.h"
 
 namespace engram {
@@ -21,36 +22,11 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-constexpr int kVocab = 512;
-
-fs::path models_dir() { return test::ref_dir() / "models"; }
-
-std::unique_ptr<Model> load_or_fail(const fs::path& path) {
-  auto m = Model::load(path.string());
-  EXPECT_TRUE(m.has_value()) << (m ? "" : m.error().message);
-  return m ? std::move(m).value() : nullptr;
-}
-
-int argmax(const float* row, int n) { return static_cast<int>(std::max_element(row, row + n) - row); }
-
-// Teacher-forced logits: the prompt in one batch (logits for every row), then
-// each of `fed` one token at a time. Returns [prompt + fed, n_vocab].
-std::vector<float> teacher_forced(Model& model, const std::vector<TokenId>& prompt, const std::vector<TokenId>& fed,
-                                  ThreadPool& pool) {
-  const int n_vocab = model.config().n_vocab;
-  const size_t rows = prompt.size() + fed.size();
-  auto memory = make_dense_memory(model.memory_layout(static_cast<int64_t>(rows)));
-  std::vector<float> logits(rows * n_vocab);
-  Status s = model.forward(prompt, 0, 0, *memory, logits.data(), true, pool);
-  EXPECT_TRUE(s.is_ok()) << s.message();
-  for (size_t k = 0; k < fed.size(); ++k) {
-    const int64_t pos = static_cast<int64_t>(prompt.size() + k);
-    Status st = model.forward(std::span<const TokenId>(&fed[k], 1), pos, 0, *memory,
-                              logits.data() + static_cast<size_t>(pos) * n_vocab, false, pool);
-    EXPECT_TRUE(st.is_ok()) << st.message();
-  }
-  return logits;
-}
+using test::argmax;
+using test::kVocab;
+using test::load_or_fail;
+using test::models_dir;
+using test::teacher_forced;
 
 struct Diff {
   float max = 0;
