@@ -2,25 +2,26 @@
 # Portability check on 64-bit Arm: cross-compiles the kernel, quant and model
 # layers and their tests with Debian's g++-aarch64-linux-gnu, then runs the
 # tests under qemu-user, so the Highway code that an Arm machine would run is
-# executed, not only compiled:
-#   cortex-a72  - NEON, the common Armv8.0 server/SBC core (the default);
-#   max         - every feature qemu emulates. The SVE targets are disabled
-#                 in Arm builds for now (CMakeLists.txt: wrong integer dots),
-#                 so this runs NEON too; use it to test SVE once re-enabled.
-# The kernel tests also run on ENGRAM_AARCH64_DOTPROD_CPU (default max), a
-# CPU with Armv8.2's dot product, so the sdot path of the Q8_0 / Q4_0 dots
-# runs as well (cortex-a72 has none).
-# The model tests compare logits with llama.cpp's (../shared/ref) as on x86.
+# executed, not only compiled. Each run is CPU:TESTS (ENGRAM_AARCH64_RUNS):
+#   cortex-a72  - NEON without the dot product: the common Armv8.0 core;
+#                 kernel, quant and model tests;
+#   a64fx       - SVE (512-bit) without the dot product: Highway's SVE target
+#                 and its widening integer dots; kernel and model tests;
+#   max         - every feature qemu emulates: SVE2 and Armv8.2's dot product,
+#                 so the sdot path of the Q8_0 / Q4_0 dots; kernel tests.
+# The kernel tests run every Highway target the CPU supports (on max: SVE2,
+# SVE and NEON); the model tests compare logits with llama.cpp's
+# (../shared/ref) as on x86, through the target dispatched by default.
 # Needs the packages of scripts/setup.sh (cross compiler, qemu-user, arm64
 # libraries through multiarch). Exit status 77: toolchain missing (skip).
 #
-#   scripts/test-aarch64.sh            # build + cortex-a72
-#   ENGRAM_AARCH64_CPUS="max" scripts/test-aarch64.sh
+#   scripts/test-aarch64.sh
+#   ENGRAM_AARCH64_RUNS="max,sve-default-vector-length=32:kernels" scripts/test-aarch64.sh   # SVE_256
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build=${ENGRAM_AARCH64_BUILD:-build-aarch64}
-cpus=${ENGRAM_AARCH64_CPUS:-"cortex-a72"}
+runs=${ENGRAM_AARCH64_RUNS:-"cortex-a72:kernels,quant,model a64fx:kernels,model max:kernels"}
 tests=(engram_kernels_tests engram_quant_tests engram_model_tests)
 # Under qemu the whole model suite takes minutes per CPU; its golden tests
 # (logits against llama.cpp's from ../shared/ref) are what matter here.
@@ -38,27 +39,21 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
 cmake --build "$build" -j "$(nproc)" --target "${tests[@]}"
 
 status=0
-for cpu in $cpus; do
-  for t in "${tests[@]}"; do
+for run in $runs; do
+  cpu=${run%%:*}
+  IFS=, read -ra layers <<< "${run#*:}"
+  for layer in "${layers[@]}"; do
+    t=engram_${layer}_tests
     printf '\n--- %s on qemu -cpu %s ---\n' "$t" "$cpu"
     # Tests find ../shared/ref from the repository root, the working directory.
     # No -L: loader and libc are multiarch libc6:arm64's (see the toolchain file).
     filter='*'
     [ "$t" = engram_model_tests ] && filter=$model_filter
     if ! QEMU_CPU=$cpu "$qemu" "$build/$t" --gtest_brief=1 --gtest_filter="$filter" \
-         --gtest_output="xml:$build/$t.$cpu.xml"; then
+         --gtest_output="xml:$build/$t.${cpu%%,*}.xml"; then
       echo "aarch64: $t FAILED on qemu -cpu $cpu" >&2
       status=1
     fi
   done
 done
-dotprod_cpu=${ENGRAM_AARCH64_DOTPROD_CPU:-max}
-if [ -n "$dotprod_cpu" ]; then
-  printf '\n--- engram_kernels_tests on qemu -cpu %s (Arm dot product) ---\n' "$dotprod_cpu"
-  if ! QEMU_CPU=$dotprod_cpu "$qemu" "$build/engram_kernels_tests" --gtest_brief=1 \
-       --gtest_output="xml:$build/engram_kernels_tests.$dotprod_cpu.xml"; then
-    echo "aarch64: engram_kernels_tests FAILED on qemu -cpu $dotprod_cpu" >&2
-    status=1
-  fi
-fi
 exit $status

@@ -7,8 +7,7 @@
 #      run under the sanitizers;
 #   4. the GGUF reader fuzzer for a bounded time (ENGRAM_FUZZ_SECONDS, default 60);
 #   5. aarch64 cross build of the kernel/quant/model tests, run under qemu-user
-#      on an emulated NEON core, and the kernel tests again on a core with the
-#      Armv8.2 dot product (scripts/test-aarch64.sh).
+#      on emulated NEON, SVE and SVE2 + dot product cores (scripts/test-aarch64.sh).
 # Tests that need ../shared/ref skip with a printed reason when it is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -22,6 +22,7 @@
 #include <vector>
 
 #if defined(__aarch64__)
+#include <arm_neon.h>  // the sdot functions, also in the SVE targets
 #include <sys/auxv.h>
 #endif
 
@@ -326,7 +327,16 @@ HWY_INLINE hn::Vec<DI32> BlockSum(const BlockQ4_0& w, const BlockQ8_0& x) {
   return hn::Add(sum0, sum1);
 }
 
-HWY_INLINE float HalfToF32(uint16_t h) { return hn::GetLane(LoadAsF32(D1(), Half{&h}, 0)); }
+// One IEEE half as float. The bits are copied into a hwy::float16_t, not
+// read through a cast pointer: GCC's SVE float16 loads do not alias the
+// uint16_t, and at -O2 it loaded the value before storing it (Q8_0 dots of
+// 0 on every SVE target; found with a standalone repro under qemu).
+HWY_INLINE float HalfToF32(uint16_t bits) {
+  hwy::float16_t h;
+  std::memcpy(&h, &bits, sizeof h);
+  const hn::Rebind<hwy::float16_t, D1> d16;
+  return hn::GetLane(hn::PromoteTo(D1(), hn::LoadU(d16, &h)));
+}
 
 // sum over nb blocks of d_w * d_x * (integer block sum). Two float
 // accumulators let consecutive blocks' multiply-adds overlap.
@@ -351,9 +361,12 @@ HWY_INLINE float DotQ8T(const Block* HWY_RESTRICT w, const BlockQ8_0* HWY_RESTRI
 // Armv8.2's optional dot product instruction (sdot: 16 int8 x int8 products
 // summed into 4 int32 lanes, where the widening path above takes 4
 // instructions) is not assumed by Highway's NEON target. These functions are
-// compiled for it and called only when the CPU reports it (HWCAP_ASIMDDP).
+// compiled for it and called only when the CPU reports it (HWCAP_ASIMDDP),
+// from the NEON and the SVE targets alike (SVE's own widening path is the
+// fallback on SVE cores without it).
 #undef ENGRAM_ARM_DOTPROD
-#if HWY_ARCH_ARM_A64 && HWY_TARGET == HWY_NEON
+#if HWY_ARCH_ARM_A64 && (HWY_TARGET == HWY_NEON || HWY_TARGET == HWY_SVE || HWY_TARGET == HWY_SVE2 || \
+                         HWY_TARGET == HWY_SVE_256 || HWY_TARGET == HWY_SVE2_128)
 #define ENGRAM_ARM_DOTPROD 1
 #define ENGRAM_DOTPROD_ATTR __attribute__((target("arch=armv8.2-a+dotprod")))
 

@@ -34,22 +34,34 @@ HWY_INLINE hn::Vec<DF> LoadI8AsF32(DF df, const int8_t* p) {
   return hn::ConvertTo(df, hn::PromoteTo(di32, hn::LoadU(di8, p)));
 }
 
-// Scaled dot products of q with the kRowVecs * Lanes(df) keys from row r on,
-// folded into best by max. Several row vectors per pass share each q[d]
-// broadcast and keep independent multiply-add chains in flight.
+// Scaled dot products of q with the kRowVecs * Lanes(df) keys from row r on
+// (kRowVecs 1 or 4), folded into best by max. Four row vectors per pass share
+// each q[d] broadcast and keep independent multiply-add chains in flight.
+// Named accumulators, not an array: SVE vectors are sizeless types, which
+// cannot be array elements.
 template <int kRowVecs, class DF>
 HWY_INLINE hn::Vec<DF> MaxDotRows(DF df, const int8_t* HWY_RESTRICT cols, const float* HWY_RESTRICT scale,
                                   size_t n_rows, size_t k_dim, const float* HWY_RESTRICT q, size_t r,
                                   hn::Vec<DF> best) {
+  static_assert(kRowVecs == 1 || kRowVecs == 4);
   const size_t N = hn::Lanes(df);
-  hn::Vec<DF> acc[kRowVecs];
-  for (int v = 0; v < kRowVecs; ++v) acc[v] = hn::Zero(df);
+  auto acc0 = hn::Zero(df), acc1 = acc0, acc2 = acc0, acc3 = acc0;
   for (size_t d = 0; d < k_dim; ++d) {
     const auto qd = hn::Set(df, q[d]);
     const int8_t* col = cols + d * n_rows + r;
-    for (int v = 0; v < kRowVecs; ++v) acc[v] = hn::MulAdd(qd, LoadI8AsF32(df, col + v * N), acc[v]);
+    acc0 = hn::MulAdd(qd, LoadI8AsF32(df, col), acc0);
+    if constexpr (kRowVecs == 4) {
+      acc1 = hn::MulAdd(qd, LoadI8AsF32(df, col + N), acc1);
+      acc2 = hn::MulAdd(qd, LoadI8AsF32(df, col + 2 * N), acc2);
+      acc3 = hn::MulAdd(qd, LoadI8AsF32(df, col + 3 * N), acc3);
+    }
   }
-  for (int v = 0; v < kRowVecs; ++v) best = hn::Max(best, hn::Mul(acc[v], hn::LoadU(df, scale + r + v * N)));
+  best = hn::Max(best, hn::Mul(acc0, hn::LoadU(df, scale + r)));
+  if constexpr (kRowVecs == 4) {
+    best = hn::Max(best, hn::Mul(acc1, hn::LoadU(df, scale + r + N)));
+    best = hn::Max(best, hn::Mul(acc2, hn::LoadU(df, scale + r + 2 * N)));
+    best = hn::Max(best, hn::Mul(acc3, hn::LoadU(df, scale + r + 3 * N)));
+  }
   return best;
 }
 
@@ -67,20 +79,31 @@ float MaxDotI8ColsImpl(const int8_t* cols, const float* scale, size_t n_rows, si
   return hn::GetLane(last);
 }
 
-// out[r] = scale * sum_d q[d] * kT[d * col_stride + r] for kRowVecs vectors
-// of rows from r on.
+// out[r] = scale * sum_d q[d] * kT[d * col_stride + r] for kRowVecs (1 or
+// 4) vectors of rows from r on; named accumulators as in MaxDotRows.
 template <int kRowVecs, class DF>
 HWY_INLINE void DotColsRows(DF df, const float* HWY_RESTRICT kT, size_t col_stride, size_t dim,
                             const float* HWY_RESTRICT q, float scale, size_t r, float* HWY_RESTRICT out) {
+  static_assert(kRowVecs == 1 || kRowVecs == 4);
   const size_t N = hn::Lanes(df);
-  hn::Vec<DF> acc[kRowVecs];
-  for (int v = 0; v < kRowVecs; ++v) acc[v] = hn::Zero(df);
+  auto acc0 = hn::Zero(df), acc1 = acc0, acc2 = acc0, acc3 = acc0;
   for (size_t d = 0; d < dim; ++d) {
     const auto qd = hn::Set(df, q[d]);
     const float* col = kT + d * col_stride + r;
-    for (int v = 0; v < kRowVecs; ++v) acc[v] = hn::MulAdd(qd, hn::LoadU(df, col + v * N), acc[v]);
+    acc0 = hn::MulAdd(qd, hn::LoadU(df, col), acc0);
+    if constexpr (kRowVecs == 4) {
+      acc1 = hn::MulAdd(qd, hn::LoadU(df, col + N), acc1);
+      acc2 = hn::MulAdd(qd, hn::LoadU(df, col + 2 * N), acc2);
+      acc3 = hn::MulAdd(qd, hn::LoadU(df, col + 3 * N), acc3);
+    }
   }
-  for (int v = 0; v < kRowVecs; ++v) hn::StoreU(hn::Mul(acc[v], hn::Set(df, scale)), df, out + r + v * N);
+  const auto s = hn::Set(df, scale);
+  hn::StoreU(hn::Mul(acc0, s), df, out + r);
+  if constexpr (kRowVecs == 4) {
+    hn::StoreU(hn::Mul(acc1, s), df, out + r + N);
+    hn::StoreU(hn::Mul(acc2, s), df, out + r + 2 * N);
+    hn::StoreU(hn::Mul(acc3, s), df, out + r + 3 * N);
+  }
 }
 
 void DotColsImpl(const float* kT, size_t col_stride, size_t n_rows, size_t dim, const float* q, float scale,
@@ -127,8 +150,17 @@ template <class DF>
 HWY_INLINE void AddWeightedRowsSpan(DF df, const float* HWY_RESTRICT w, const float* HWY_RESTRICT v,
                                     size_t v_stride, size_t n_rows, size_t d0, size_t n_vecs,
                                     float* HWY_RESTRICT acc) {
-  constexpr size_t kMaxVecs = 8;
   const size_t N = hn::Lanes(df);
+#if HWY_TARGET == HWY_SVE || HWY_TARGET == HWY_SVE2 || HWY_TARGET == HWY_SVE_256 || HWY_TARGET == HWY_SVE2_128
+  // SVE vectors are sizeless and cannot be array elements: one output vector
+  // at a time, each kept in a register across the rows.
+  for (size_t j = 0; j < n_vecs; ++j) {
+    auto a = hn::LoadU(df, acc + d0 + j * N);
+    for (size_t r = 0; r < n_rows; ++r) a = hn::MulAdd(hn::Set(df, w[r]), hn::LoadU(df, v + r * v_stride + d0 + j * N), a);
+    hn::StoreU(a, df, acc + d0 + j * N);
+  }
+#else
+  constexpr size_t kMaxVecs = 8;
   hn::Vec<DF> a[kMaxVecs];
   for (size_t j = 0; j < n_vecs; ++j) a[j] = hn::LoadU(df, acc + d0 + j * N);
   for (size_t r = 0; r < n_rows; ++r) {
@@ -137,6 +169,7 @@ HWY_INLINE void AddWeightedRowsSpan(DF df, const float* HWY_RESTRICT w, const fl
     for (size_t j = 0; j < n_vecs; ++j) a[j] = hn::MulAdd(wr, hn::LoadU(df, row + j * N), a[j]);
   }
   for (size_t j = 0; j < n_vecs; ++j) hn::StoreU(a[j], df, acc + d0 + j * N);
+#endif
 }
 
 void AddWeightedRowsImpl(const float* w, const float* v, size_t v_stride, size_t n_rows, size_t dim, float* acc) {
