@@ -12,6 +12,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/gemm.h"
+#include "kernels/hwy_targets.h"
 
 #include <algorithm>
 #include <cassert>
@@ -365,8 +366,7 @@ HWY_INLINE float DotQ8T(const Block* HWY_RESTRICT w, const BlockQ8_0* HWY_RESTRI
 // from the NEON and the SVE targets alike (SVE's own widening path is the
 // fallback on SVE cores without it).
 #undef ENGRAM_ARM_DOTPROD
-#if HWY_ARCH_ARM_A64 && (HWY_TARGET == HWY_NEON || HWY_TARGET == HWY_SVE || HWY_TARGET == HWY_SVE2 || \
-                         HWY_TARGET == HWY_SVE_256 || HWY_TARGET == HWY_SVE2_128)
+#if HWY_ARCH_ARM_A64 && (HWY_TARGET == HWY_NEON || ENGRAM_TARGET_IS_SVE)
 #define ENGRAM_ARM_DOTPROD 1
 #define ENGRAM_DOTPROD_ATTR __attribute__((target("arch=armv8.2-a+dotprod")))
 

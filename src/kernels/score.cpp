@@ -10,6 +10,7 @@
 // as the key's multiply-adds).
 
 #include "kernels/kernels.h"
+#include "kernels/hwy_targets.h"
 
 #include <algorithm>
 #include <limits>
@@ -151,7 +152,7 @@ HWY_INLINE void AddWeightedRowsSpan(DF df, const float* HWY_RESTRICT w, const fl
                                     size_t v_stride, size_t n_rows, size_t d0, size_t n_vecs,
                                     float* HWY_RESTRICT acc) {
   const size_t N = hn::Lanes(df);
-#if HWY_TARGET == HWY_SVE || HWY_TARGET == HWY_SVE2 || HWY_TARGET == HWY_SVE_256 || HWY_TARGET == HWY_SVE2_128
+#if ENGRAM_TARGET_IS_SVE
   // SVE vectors are sizeless and cannot be array elements: one output vector
   // at a time, each kept in a register across the rows.
   for (size_t j = 0; j < n_vecs; ++j) {
