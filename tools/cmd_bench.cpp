@@ -122,4 +122,15 @@ Command add_bench_command(CLI::App& parent) {
           }};
 }
 
+nlohmann::json memory_options_json(const EngramMemoryOptions& o) {
+  return {{"sinks", o.sinks},
+          {"window", o.window},
+          {"block_size", o.block_size},
+          {"top_k", o.top_k},
+          {"shared_blocks", o.shared_blocks},
+          {"remap", static_cast<bool>(o.rotate_keys)},
+          {"compression", block_compression_name(o.compression)},
+          {"memory_budget_bytes", o.memory_budget_bytes}};
+}
+
 }  // namespace engram::tools

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "common.h"
@@ -27,6 +28,9 @@ struct BenchSetup {
 // model's training context for that chunk.
 Expected<BenchSetup> load_bench_setup(const std::string& model_flag, const MemoryFlags& flags,
                                       const std::string& default_kinds, int& n_batch);
+
+// The memory layout a bench ran with, for its --json output.
+nlohmann::json memory_options_json(const EngramMemoryOptions& options);
 
 // Needle keys: keys_file, else engram-keys.txt beside the model, else the
 // training code's candidates; the single-token ones are preferred when there

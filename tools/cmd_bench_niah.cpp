@@ -217,13 +217,7 @@ int run(NiahOptions& o) {
     j["seed"] = o.seed;
     j["threads"] = pool.size();
     j["n_ctx_train"] = cfg.n_ctx_train;
-    j["memory_options"] = {{"sinks", b.memory.sinks},
-                           {"window", b.memory.window},
-                           {"block_size", b.memory.block_size},
-                           {"top_k", b.memory.top_k},
-                           {"remap", static_cast<bool>(b.memory.rotate_keys)},
-                           {"compression", block_compression_name(b.memory.compression)},
-                           {"memory_budget_bytes", b.memory.memory_budget_bytes}};
+    j["memory_options"] = memory_options_json(b.memory);
     if (*task == NiahTask::MULTIKEY) j["n_keys"] = o.n_keys;
     if (*task == NiahTask::MULTIVALUE) j["n_values"] = o.n_values;
     j["cells"] = nlohmann::json::array();

@@ -127,14 +127,7 @@ int run(PplOptions& o) {
                         {"tokens", n},
                         {"n_ctx_train", cfg.n_ctx_train},
                         {"threads", pool.size()},
-                        {"memory_options",
-                         {{"sinks", b.memory.sinks},
-                          {"window", b.memory.window},
-                          {"block_size", b.memory.block_size},
-                          {"top_k", b.memory.top_k},
-                          {"remap", static_cast<bool>(b.memory.rotate_keys)},
-                          {"compression", block_compression_name(b.memory.compression)},
-                          {"memory_budget_bytes", b.memory.memory_budget_bytes}}},
+                        {"memory_options", memory_options_json(b.memory)},
                         {"runs", runs}};
     std::ofstream f(o.json_out);
     f << j.dump(1) << "\n";

@@ -148,8 +148,9 @@ int run(DemoOptions& o) {
   std::printf("document: %zu tokens of %s with %d facts hidden in it; memory: %s", doc.size(), source.c_str(),
               o.facts, kind.c_str());
   if (kind == "engram")
-    std::printf(" (sinks %d, window %d, blocks of %d, top %d, %s)", mem_opts->sinks, mem_opts->window,
-                mem_opts->block_size, mem_opts->top_k, block_compression_name(mem_opts->compression));
+    std::printf(" (sinks %d, window %d, blocks of %d, top %d + %d shared, %s)", mem_opts->sinks, mem_opts->window,
+                mem_opts->block_size, mem_opts->top_k, mem_opts->shared_blocks,
+                block_compression_name(mem_opts->compression));
   std::printf("\n\n");
   std::fflush(stdout);
 

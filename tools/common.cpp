@@ -119,6 +119,11 @@ void add_memory_options(CLI::App* app, MemoryFlags& f, const std::string& kind_h
                   "Blocks attended per layer and KV head (engram; default fitted to the training context)")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
+  f.shared_blocks_option = app->add_option("--shared-blocks", f.options.shared_blocks,
+                  "More blocks per KV head for a single query: the best blocks of the layer's other KV heads "
+                  "(engram; 0 = off; default fitted to the training context)")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
   app->add_option("--summary-rows", f.options.summary_rows,
                   "Keys per min/max bound when one query scores blocks (decode); 1 = exact max q.k (engram)")
       ->check(CLI::Range(1, 1 << 20))
@@ -168,6 +173,7 @@ ExplicitMemoryOptions MemoryFlags::explicit_fields() const {
   e.window = given(window_option);
   e.block_size = given(block_size_option);
   e.top_k = given(top_k_option);
+  e.shared_blocks = given(shared_blocks_option);
   return e;
 }
 

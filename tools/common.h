@@ -65,6 +65,7 @@ struct MemoryFlags {
   CLI::Option* window_option = nullptr;
   CLI::Option* block_size_option = nullptr;
   CLI::Option* top_k_option = nullptr;
+  CLI::Option* shared_blocks_option = nullptr;
   ExplicitMemoryOptions explicit_fields() const;
 };
 

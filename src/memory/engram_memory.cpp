@@ -47,13 +47,14 @@ float block_score_bound(const float* q, const float* kmin, const float* kmax, in
 std::vector<int> top_k_indices(const std::vector<float>& scores, int top_k) {
   const int n = static_cast<int>(scores.size());
   std::vector<int> idx;
+  const auto better = [&](int a, int b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); };
   if (top_k >= n) {
     idx.resize(static_cast<size_t>(n));
     std::iota(idx.begin(), idx.end(), 0);
+    std::sort(idx.begin(), idx.end(), better);
     return idx;
   }
   if (top_k <= 0) return idx;
-  const auto better = [&](int a, int b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); };
   idx.resize(static_cast<size_t>(top_k));
   std::iota(idx.begin(), idx.end(), 0);
   std::make_heap(idx.begin(), idx.end(), better);
@@ -63,7 +64,7 @@ std::vector<int> top_k_indices(const std::vector<float>& scores, int top_k) {
     idx.back() = i;
     std::push_heap(idx.begin(), idx.end(), better);
   }
-  std::sort(idx.begin(), idx.end());
+  std::sort(idx.begin(), idx.end(), better);
   return idx;
 }
 
@@ -201,6 +202,7 @@ EngramMemory::EngramMemory(const MemoryLayout& layout, const EngramMemoryOptions
   options_.window = std::max(options_.window, 0);
   options_.block_size = std::max(options_.block_size, 1);
   options_.top_k = std::max(options_.top_k, 0);
+  options_.shared_blocks = std::max(options_.shared_blocks, 0);
   options_.summary_rows = std::clamp(options_.summary_rows, 1, options_.block_size);
   for (Cell& c : cells_) c = fresh_cell();
   if (mode_ == Mode::ENGRAM) {
@@ -583,7 +585,7 @@ std::vector<int> EngramMemory::select_by_candidates(const Cell& c, int g, const 
   return select_exact_among(c, g, top_k_indices(scores, options_.index_candidates), qset, n_vec, pool);
 }
 
-// The top_k of `candidates` (block ids) by the exact key index, sorted by id.
+// The top_k of `candidates` (block ids) by the exact key index, best first.
 std::vector<int> EngramMemory::select_exact_among(const Cell& c, int g, const std::vector<int>& candidates,
                                                   const float* qset, size_t n_vec, ThreadPool& pool) const {
   std::vector<float> exact_scores(candidates.size());
@@ -593,7 +595,6 @@ std::vector<int> EngramMemory::select_exact_among(const Cell& c, int g, const st
   }, 16);
   std::vector<int> sel;
   for (int i : top_k_indices(exact_scores, options_.top_k)) sel.push_back(candidates[static_cast<size_t>(i)]);
-  std::sort(sel.begin(), sel.end());
   return sel;
 }
 
@@ -620,8 +621,9 @@ void EngramMemory::select_blocks(Cell& c, int layer, int64_t pos0, int64_t n_q, 
   if (!chain) c.scan_age = 0;  // a prompt chunk: the next single query scans in full
   if (keep) c.kept.assign(static_cast<size_t>(H), {});
   std::vector<float> qset, scores(static_cast<size_t>(nb));
+  ranked_.resize(static_cast<size_t>(H));
   for (int g = 0; g < H; ++g) {
-    std::vector<int>& sel = selection_[static_cast<size_t>(layer) * H + g];
+    std::vector<int>& sel = ranked_[static_cast<size_t>(g)];  // best first
     if (nb <= options_.top_k) {
       sel.resize(static_cast<size_t>(nb));
       std::iota(sel.begin(), sel.end(), 0);
@@ -665,6 +667,30 @@ void EngramMemory::select_blocks(Cell& c, int layer, int64_t pos0, int64_t n_q, 
   } else if (reuse) {
     ++c.scan_age;
   }
+  const bool share = n_q == 1 && nb > options_.top_k;
+  for (int g = 0; g < H; ++g) {
+    std::vector<int>& sel = selection_[static_cast<size_t>(layer) * H + g];
+    sel = ranked_[static_cast<size_t>(g)];
+    if (share) add_shared_blocks(g, sel);
+    std::sort(sel.begin(), sel.end());
+  }
+}
+
+// Up to shared_blocks more blocks for KV head g: the best block of every
+// other KV head of the layer (nearest heads first), then their second best,
+// and so on. A block that another head ranks first is likely the one the
+// query asks for; in g's own ranking it may have lost to blocks whose keys
+// match g's query by chance, and those then take g's attention from it.
+void EngramMemory::add_shared_blocks(int g, std::vector<int>& sel) const {
+  const int H = static_cast<int>(ranked_.size());
+  int added = 0;
+  for (size_t rank = 0; added < options_.shared_blocks && rank < static_cast<size_t>(options_.top_k); ++rank)
+    for (int d = 1; d < H && added < options_.shared_blocks; ++d) {
+      const std::vector<int>& other = ranked_[static_cast<size_t>((g + d) % H)];
+      if (rank >= other.size() || std::find(sel.begin(), sel.end(), other[rank]) != sel.end()) continue;
+      sel.push_back(other[rank]);
+      ++added;
+    }
 }
 
 // A single query between full scans (options.rescan_interval): the blocks

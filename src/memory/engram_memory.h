@@ -88,8 +88,8 @@ namespace engram {
 // Quest bound of one query against one block's per-dimension key bounds.
 float block_score_bound(const float* q, const float* kmin, const float* kmax, int k_dim);
 
-// Indices of the top_k highest scores (all of them if fewer), ascending index
-// order; ties broken towards the lower index.
+// Indices of the top_k highest scores (all of them if fewer), best first;
+// ties broken towards the lower index.
 std::vector<int> top_k_indices(const std::vector<float>& scores, int top_k);
 
 class EngramMemory final : public Memory {
@@ -146,6 +146,7 @@ class EngramMemory final : public Memory {
                                        std::vector<float>& scores, ThreadPool& pool) const;
   std::vector<int> select_exact_among(const Cell& c, int g, const std::vector<int>& candidates, const float* qset,
                                      size_t n_vec, ThreadPool& pool) const;
+  void add_shared_blocks(int kv_head, std::vector<int>& selection) const;
   std::vector<int> select_from_kept(const Cell& c, int g, const float* qset, size_t n_vec, int64_t nb,
                                    ThreadPool& pool) const;
   float score_block(const Cell& c, int64_t b, int g, const float* qset, size_t n_vec, bool exact, int n_sub) const;
@@ -164,7 +165,8 @@ class EngramMemory final : public Memory {
   std::unique_ptr<BlockStore> store_;  // null in window mode
   std::vector<Cell> cells_;            // [n_layer * n_seq]
   // Per-call state of attend (one attend runs at a time).
-  std::vector<std::vector<int>> selection_;              // [n_layer * n_kv_head] selected blocks
+  std::vector<std::vector<int>> selection_;              // [n_layer * n_kv_head] selected blocks, by id
+  std::vector<std::vector<int>> ranked_;                 // [n_kv_head] each head's own top_k, best first
   std::vector<std::vector<const uint8_t*>> sel_units_;   // [n_kv_head] pinned units of the selection
   std::vector<HeadRows> head_rows_;                      // [n_kv_head] sinks and blocks, decoded and moved
   std::vector<Scratch> scratch_;                         // [pool threads]

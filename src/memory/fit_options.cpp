@@ -8,7 +8,7 @@ namespace engram {
 int64_t attended_span(const EngramMemoryOptions& o, int n_batch) {
   // The tail keeps window positions before the chunk's first query, plus up
   // to a block that is not yet whole (eviction works in whole blocks).
-  return static_cast<int64_t>(o.sinks) + static_cast<int64_t>(o.top_k) * o.block_size + o.window +
+  return static_cast<int64_t>(o.sinks) + (static_cast<int64_t>(o.top_k) + o.shared_blocks) * o.block_size + o.window +
          (o.block_size - 1) + std::max(n_batch, 1);
 }
 
@@ -33,9 +33,14 @@ EngramMemoryOptions fit_memory_options(EngramMemoryOptions o, const ExplicitMemo
   // About 3/8 of the room for retrieved blocks and the rest for the window:
   // the window holds the local context that language modelling needs most.
   if (!set.top_k) o.top_k = static_cast<int>(std::max<int64_t>(2, avail * 3 / 8 / B));
+  if (!set.shared_blocks) o.shared_blocks = o.top_k / 3;
+  // The window takes the rest, up to a third of the room: a longer one
+  // dilutes a retrieval head's attention over more local keys (measured on
+  // engram's model: window 512 instead of 833 recalled more facts at 64K
+  // and 1M, and perplexity is flat down to windows of 96; docs/benchmarks.md).
   if (!set.window) {
-    const int64_t rest = avail - o.sinks - static_cast<int64_t>(o.top_k) * B - (B - 1);
-    o.window = static_cast<int>(std::max<int64_t>(B, rest));
+    const int64_t rest = avail - o.sinks - (static_cast<int64_t>(o.top_k) + o.shared_blocks) * B - (B - 1);
+    o.window = static_cast<int>(std::max<int64_t>(B, std::min(rest, avail / 3)));
   }
   return o;
 }

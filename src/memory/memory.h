@@ -124,6 +124,12 @@ struct EngramMemoryOptions {
   int window = 4096;           // most recent positions, always attended exactly
   int block_size = 128;        // positions per retrievable block (engram)
   int top_k = 32;              // blocks attended per layer, KV head and query chunk
+  // More blocks per KV head for a single query (the prompt's exact tail,
+  // generation): the best blocks of the layer's other KV heads
+  // (EngramMemory::add_shared_blocks). Measured on engram's model: a fact's
+  // block ranked first by one head but outscored by chance matches in
+  // another head's ranking is recalled once every head attends it.
+  int shared_blocks = 8;
   BlockCompression compression = BlockCompression::F16;
   // RAM cap (bytes) for the whole memory; blocks beyond it live in a spill
   // file and come back through an LRU cache. 0: no cap, nothing spills.
@@ -170,11 +176,11 @@ struct EngramMemoryOptions {
 
 // Which EngramMemoryOptions fields the user chose (the rest may be fitted).
 struct ExplicitMemoryOptions {
-  bool sinks = false, window = false, block_size = false, top_k = false;
+  bool sinks = false, window = false, block_size = false, top_k = false, shared_blocks = false;
 };
 
 // The longest distance (in positions, remapped) between a query and a key it
-// attends: sinks + top_k blocks + the tail (window + a block being filled +
+// attends: sinks + top_k + shared_blocks blocks + the tail (window + a block being filled +
 // the query chunk of n_batch positions).
 int64_t attended_span(const EngramMemoryOptions& options, int n_batch);
 

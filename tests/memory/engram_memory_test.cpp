@@ -53,6 +53,7 @@ EngramMemoryOptions small_options(BlockCompression c = BlockCompression::F32, in
   o.window = 40;
   o.block_size = 16;
   o.top_k = top_k;
+  o.shared_blocks = 0;  // per-head selections, as brute force ranks them (sharing: its own test)
   o.compression = c;
   return o;
 }
@@ -476,6 +477,51 @@ TEST(EngramRetrieval, GenerationStepsReuseTheLastFullScan) {
   EXPECT_TRUE(step(2210, dir_b, block_of(needle_b), true));
 }
 
+// --shared-blocks: a single query's KV head also attends the best blocks of
+// the layer's other KV heads; a prefill chunk keeps each head's own top_k.
+TEST(EngramRetrieval, SingleQueriesShareEachHeadsBestBlock) {
+  const MemoryLayout l = small_layout(2000, 1);  // 2 KV heads
+  EngramMemoryOptions own_o = small_options(BlockCompression::F32, /*top_k=*/1);
+  EngramMemoryOptions shared_o = own_o;
+  shared_o.shared_blocks = 1;
+  EngramMemory own(l, own_o, EngramMemory::Mode::ENGRAM), shared(l, shared_o, EngramMemory::Mode::ENGRAM);
+  std::mt19937 rng(21);
+  const auto dir = random_floats(static_cast<size_t>(l.k_dim), rng);
+  // Head 0's keys match `dir` at position 300, head 1's at 700; the rest are
+  // small random keys.
+  const int64_t match_at[2] = {300, 700};
+  const auto append = [&](int64_t pos0, int n) {
+    for (int layer = 0; layer < l.n_layer; ++layer) {
+      auto k = random_floats(static_cast<size_t>(n) * l.n_kv_head * l.k_dim, rng, 0.3f);
+      auto v = random_floats(static_cast<size_t>(n) * l.n_kv_head * l.v_dim, rng);
+      for (int h = 0; h < l.n_kv_head; ++h)
+        for (int d = 0; d < l.k_dim && match_at[h] >= pos0 && match_at[h] < pos0 + n; ++d)
+          k[(static_cast<size_t>(match_at[h] - pos0) * l.n_kv_head + h) * l.k_dim + d] = 3.f * dir[static_cast<size_t>(d)];
+      for (EngramMemory* m : {&own, &shared}) ASSERT_TRUE(m->append(layer, 0, pos0, n, k.data(), v.data()).is_ok());
+    }
+  };
+  append(0, 1000);
+  const auto block_of = [&](int64_t p) { return static_cast<int>((p - own_o.sinks) / own_o.block_size); };
+  const std::vector<int> both = {block_of(match_at[0]), block_of(match_at[1])};
+  ThreadPool pool(2);
+  int64_t pos = 1000;
+  for (int n : {1, 4}) {  // a single query, a prefill chunk
+    append(pos, n);
+    std::vector<float> q(static_cast<size_t>(n) * kHeads * l.k_dim);
+    for (size_t i = 0; i < q.size(); ++i) q[i] = dir[i % dir.size()];
+    for (int layer = 0; layer < l.n_layer; ++layer) {
+      run_attend(own, layer, 0, pos, n, q, pool);
+      run_attend(shared, layer, 0, pos, n, q, pool);
+      for (int g = 0; g < l.n_kv_head; ++g) {
+        SCOPED_TRACE(testing::Message() << "n " << n << " layer " << layer << " kv head " << g);
+        EXPECT_EQ(own.last_selection(layer, g), std::vector<int>{block_of(match_at[g])});
+        EXPECT_EQ(shared.last_selection(layer, g), n == 1 ? both : own.last_selection(layer, g));
+      }
+    }
+    pos += n;
+  }
+}
+
 TEST(EngramRetrieval, BoundIsAnUpperBoundOfEveryKeyInTheBlock) {
   std::mt19937 rng(3);
   const int kd = 16, B = 32;
@@ -496,7 +542,7 @@ TEST(EngramRetrieval, BoundIsAnUpperBoundOfEveryKeyInTheBlock) {
     }
   }
   EXPECT_EQ(top_k_indices({0.5f, 3.f, 1.f, 3.f, -2.f}, 2), (std::vector<int>{1, 3}));
-  EXPECT_EQ(top_k_indices({0.5f, 3.f}, 5), (std::vector<int>{0, 1}));
+  EXPECT_EQ(top_k_indices({0.5f, 3.f}, 5), (std::vector<int>{1, 0}));  // best first
 }
 
 // The heap selection against a full sort, with many ties (scores from a
@@ -511,7 +557,6 @@ TEST(EngramRetrieval, TopKMatchesAFullSort) {
       std::iota(order.begin(), order.end(), 0);
       std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return scores[a] > scores[b]; });
       order.resize(static_cast<size_t>(std::clamp(k, 0, n)));
-      std::sort(order.begin(), order.end());
       EXPECT_EQ(top_k_indices(scores, k), order) << "n " << n << " k " << k;
     }
   }

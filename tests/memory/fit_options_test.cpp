@@ -12,6 +12,7 @@ TEST(FitMemoryOptions, DefaultsStayWhenTheTrainingContextIsLongEnough) {
   EXPECT_EQ(fitted.window, o.window);
   EXPECT_EQ(fitted.block_size, o.block_size);
   EXPECT_EQ(fitted.top_k, o.top_k);
+  EXPECT_EQ(fitted.shared_blocks, o.shared_blocks);
   EXPECT_EQ(fit_memory_options(o, {}, 0, 512).window, o.window);  // unknown training context
 }
 
@@ -28,12 +29,21 @@ TEST(FitMemoryOptions, ShortTrainingContextGetsASpanThatFits) {
       EXPECT_GT(f.sinks, 0);
     }
   }
-  // 2048 with the usual prefill chunk: 64-position blocks, window > retrieved.
+  // 2048 with the usual prefill chunk (engram's model): 64-position blocks,
+  // 9 + 3 shared retrieved, the window a third of the room.
   const EngramMemoryOptions f = fit_memory_options({}, {}, 2048, 512);
   EXPECT_EQ(f.block_size, 64);
   EXPECT_EQ(f.sinks, 64);
   EXPECT_EQ(f.top_k, 9);
-  EXPECT_EQ(f.window, 2048 - 512 - 64 - 9 * 64 - 63);
+  EXPECT_EQ(f.shared_blocks, 3);
+  EXPECT_EQ(f.window, (2048 - 512) / 3);
+  EXPECT_LE(attended_span(f, 512), 2048);
+  // 512 (stories260K): the window is what the blocks leave, under a third.
+  const EngramMemoryOptions s = fit_memory_options({}, {}, 512, 512);
+  EXPECT_EQ(s.block_size, 32);
+  EXPECT_EQ(s.top_k, 4);
+  EXPECT_EQ(s.shared_blocks, 1);
+  EXPECT_EQ(s.window, (512 - 128) / 3);
   EXPECT_EQ(fit_prompt_batch(512, 2048), 512);
   EXPECT_EQ(fit_prompt_batch(512, 512), 128);
 }
@@ -43,9 +53,11 @@ TEST(FitMemoryOptions, ExplicitFieldsAreKept) {
   o.top_k = 4;
   o.block_size = 32;
   ExplicitMemoryOptions set;
-  set.top_k = set.block_size = true;
+  o.shared_blocks = 0;
+  set.top_k = set.block_size = set.shared_blocks = true;
   const EngramMemoryOptions f = fit_memory_options(o, set, 2048, 256);
   EXPECT_EQ(f.top_k, 4);
+  EXPECT_EQ(f.shared_blocks, 0);
   EXPECT_EQ(f.block_size, 32);
   EXPECT_LE(attended_span(f, 256), 2048);
 }
