@@ -8,6 +8,7 @@
 // callback (callbacks run on the scheduler thread) until the test is ready.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <filesystem>
@@ -73,6 +74,32 @@ std::vector<TokenId> reference(Model& model, const std::vector<TokenId>& prompt,
   });
   EXPECT_TRUE(stats.has_value()) << (stats ? "" : stats.error().message);
   return out;
+}
+
+// True when every token of `tokens`, teacher-forced after `prompt` in a
+// session alone, is one `sampler` could have picked there up to rounding:
+// greedy, within 1e-3 of the best logit; sampled, a probability (at the
+// sampler's temperature) of at least min_p times the best one, the
+// sampler's own cut. The engine runs a sequence's rows in one matmul with
+// other sequences' rows; 8 rows or more take the GEMM kernel, fewer take row
+// dots, and the two sum in different orders. Where a greedy tie or a sampling
+// draw falls within rounding (seen with AVX2 kernels), the engine's tokens
+// then part from generate() alone although both runs are correct; tokens
+// from another sequence's context would fail this check.
+bool valid_up_to_rounding(Model& model, const std::vector<TokenId>& prompt, const std::vector<TokenId>& tokens,
+                          const SamplerParams& sampler) {
+  ThreadPool pool(1);
+  Session session(model, pool);
+  if (!session.decode(prompt, 512).is_ok()) return false;
+  const bool greedy = sampler.temperature <= 0.f;
+  for (TokenId id : tokens) {
+    const auto logits = session.logits();
+    const float best = *std::max_element(logits.begin(), logits.end());
+    const float gap = best - logits[static_cast<size_t>(id)];
+    if (greedy ? gap > 1e-3f : std::exp(-gap / sampler.temperature) < sampler.min_p) return false;
+    if (!session.decode(std::span<const TokenId>(&id, 1), 1).is_ok()) return false;
+  }
+  return true;
 }
 
 // A request's observed life: its events and its on_done calls.
@@ -206,6 +233,10 @@ TEST(Engine, BatchedRequestsEqualGenerateAlone) {
     cases.push_back(c);
   }
 
+  // The rounding check refuses another prompt's continuation.
+  EXPECT_FALSE(valid_up_to_rounding(model, cases[0].prompt, cases[1].want, greedy()));
+  EXPECT_TRUE(valid_up_to_rounding(model, cases[0].prompt, cases[0].want, greedy()));
+
   EngineOptions o;
   o.parallel = 4;
   o.n_batch = 16;  // long prompts take several chunks, next to decode tokens
@@ -235,12 +266,19 @@ TEST(Engine, BatchedRequestsEqualGenerateAlone) {
     const Record& r = *recs[i];
     SCOPED_TRACE(kStories[i]);
     EXPECT_EQ(r.done_calls, 1);
-    EXPECT_EQ(r.result.tokens, cases[i].want);
-    EXPECT_EQ(event_ids(r), cases[i].want);
-    EXPECT_EQ(r.result.completion_tokens, static_cast<int>(cases[i].want.size()));
+    std::vector<TokenId> want = cases[i].want;
+    if (r.result.tokens != want) {
+      // A run may part from generate() at a rounding tie (see
+      // valid_up_to_rounding); anything else is a real difference.
+      EXPECT_TRUE(valid_up_to_rounding(model, cases[i].prompt, r.result.tokens, cases[i].sampler));
+      want = r.result.tokens;
+    }
+    EXPECT_EQ(r.result.tokens, want);
+    EXPECT_EQ(event_ids(r), want);
+    EXPECT_EQ(r.result.completion_tokens, static_cast<int>(want.size()));
     EXPECT_EQ(r.result.prompt_tokens, static_cast<int>(cases[i].prompt.size()));
     EXPECT_EQ(r.result.prompt_tokens_computed + r.result.cached_tokens, r.result.prompt_tokens);
-    const bool full = static_cast<int>(cases[i].want.size()) == cases[i].max_tokens;
+    const bool full = static_cast<int>(want.size()) == cases[i].max_tokens;
     EXPECT_EQ(r.result.finish, full ? FinishReason::LENGTH : FinishReason::STOP);
     EXPECT_EQ(events_text(r), r.result.text);
     std::string pieces;  // no stop strings: the text is every token's piece
