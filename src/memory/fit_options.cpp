@@ -37,7 +37,8 @@ EngramMemoryOptions fit_memory_options(EngramMemoryOptions o, const ExplicitMemo
   // The window takes the rest, up to a third of the room: a longer one
   // dilutes a retrieval head's attention over more local keys (measured on
   // engram's model: window 512 instead of 833 recalled more facts at 64K
-  // and 1M, and perplexity is flat down to windows of 96; docs/benchmarks.md).
+  // and 1M; stories260K's perplexity at 64K moved by 1.3% at most from
+  // window 201 down to 96; docs/benchmarks.md).
   if (!set.window) {
     const int64_t rest = avail - o.sinks - (static_cast<int64_t>(o.top_k) + o.shared_blocks) * B - (B - 1);
     o.window = static_cast<int>(std::max<int64_t>(B, std::min(rest, avail / 3)));
