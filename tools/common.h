@@ -59,7 +59,8 @@ struct MemoryFlags {
   bool progress = false;       // --progress: show the prefill progress bar even when stderr is no terminal
   bool no_progress = false;    // --no-progress
   bool no_remap = false;       // --no-remap: keys keep their original positions (window, engram)
-  // The options behind --sinks, --window, --block-size, --top-blocks: those
+  // The options behind --sinks, --window, --block-size, --top-blocks,
+  // --shared-blocks: those
   // not given are fitted to the model's training context.
   CLI::Option* sinks_option = nullptr;
   CLI::Option* window_option = nullptr;
