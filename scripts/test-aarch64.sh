@@ -12,6 +12,8 @@
 # The kernel tests run every Highway target the CPU supports (on max: SVE2,
 # SVE and NEON); the model tests compare logits with llama.cpp's
 # (../shared/ref) as on x86, through the target dispatched by default.
+# The qemu processes run side by side, ENGRAM_AARCH64_JOBS at a time (default:
+# the number of cores).
 # Needs the packages of scripts/setup.sh (cross compiler, qemu-user, arm64
 # libraries through multiarch). Exit status 77: toolchain missing (skip).
 #
@@ -38,22 +40,52 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_TOOLCHAIN_FILE="$PWD/cmake/aarch64-linux-gnu.cmake" -DENGRAM_BUILD_SERVER=OFF >/dev/null
 cmake --build "$build" -j "$(nproc)" --target "${tests[@]}"
 
-status=0
+# Each (CPU, test binary) pair is one qemu process, and qemu-user runs a
+# single-threaded test program on one host core: up to ENGRAM_AARCH64_JOBS
+# (default: the number of cores) run side by side, each into its own log, and
+# the logs are printed in order when all are done.
+max_jobs=${ENGRAM_AARCH64_JOBS:-$(nproc)}
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
+run_one() {  # run_one CPU TEST LOG
+  local cpu=$1 t=$2 log=$3 filter='*'
+  [ "$t" = engram_model_tests ] && filter=$model_filter
+  # Tests find ../shared/ref from the repository root, the working directory.
+  # No -L: loader and libc are multiarch libc6:arm64's (see the toolchain file).
+  {
+    printf '\n--- %s on qemu -cpu %s ---\n' "$t" "$cpu"
+    if QEMU_CPU=$cpu "$qemu" "$build/$t" --gtest_brief=1 --gtest_filter="$filter" \
+         --gtest_output="xml:$build/$t.${cpu%%,*}.xml"; then
+      echo ok > "$log.status"
+    else
+      echo "aarch64: $t FAILED on qemu -cpu $cpu"
+    fi
+  } > "$log" 2>&1
+}
+
+pairs=()
 for run in $runs; do
   cpu=${run%%:*}
   IFS=, read -ra layers <<< "${run#*:}"
   for layer in "${layers[@]}"; do
-    t=engram_${layer}_tests
-    printf '\n--- %s on qemu -cpu %s ---\n' "$t" "$cpu"
-    # Tests find ../shared/ref from the repository root, the working directory.
-    # No -L: loader and libc are multiarch libc6:arm64's (see the toolchain file).
-    filter='*'
-    [ "$t" = engram_model_tests ] && filter=$model_filter
-    if ! QEMU_CPU=$cpu "$qemu" "$build/$t" --gtest_brief=1 --gtest_filter="$filter" \
-         --gtest_output="xml:$build/$t.${cpu%%,*}.xml"; then
-      echo "aarch64: $t FAILED on qemu -cpu $cpu" >&2
-      status=1
-    fi
+    pairs+=("$cpu engram_${layer}_tests")
   done
 done
+
+for i in "${!pairs[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$max_jobs" ]; do wait -n || true; done
+  read -r cpu t <<< "${pairs[$i]}"
+  run_one "$cpu" "$t" "$logs/$i" &
+done
+wait
+
+status=0
+for i in "${!pairs[@]}"; do
+  cat "$logs/$i"
+  if [ ! -f "$logs/$i.status" ]; then
+    grep -q FAILED "$logs/$i" || echo "aarch64: ${pairs[$i]} did not finish"
+    status=1
+  fi
+done >&2
 exit $status

@@ -1,17 +1,25 @@
 // engram: command-line front end. One subcommand per cmd_*.cpp file.
 #include <cstdio>
 #include <exception>
+#include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 
 #include "commands.h"
 #include "common.h"
+#include "kernels/kernels.h"
 
 int main(int argc, char** argv) {
   using namespace engram::tools;
   CLI::App app{"engram: LLM inference on the CPU (GGUF models)", "engram"};
   app.require_subcommand(1);
+  // Accepted before or after the subcommand (fallthrough), like a global flag.
+  app.fallthrough();
+  std::string kernel_cap;
+  app.add_option("--kernels", kernel_cap,
+                 "Cap the SIMD kernels at this target, e.g. AVX2 on an AVX-512 CPU (default: the best the CPU has)")
+      ->envname("ENGRAM_KERNELS");
   std::vector<Command> commands = {
       add_run_command(app),     add_logits_command(app),   add_tokenize_command(app),
       add_info_command(app),    add_quantize_command(app), add_convert_llama2c_command(app),
@@ -25,6 +33,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);  // prints the problem (or --help) and gives the exit code
   }
+  if (engram::Status capped = engram::kernels::limit_targets(kernel_cap); !capped) return fail(capped.message());
   try {
     for (const Command& c : commands) {
       if (c.app->parsed()) return c.run();

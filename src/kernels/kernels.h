@@ -10,8 +10,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string_view>
 
 #include "tensor/tensor.h"
+#include "util/status.h"
 #include "util/thread_pool.h"
 
 namespace engram::kernels {
@@ -80,6 +82,13 @@ void get_row(const TensorView& W, int64_t i, float* out);
 
 // Name of the SIMD target chosen at run time, e.g. "AVX2" (for logs and bench).
 const char* active_target();
+// Caps run-time dispatch at the SIMD target `name` (case-insensitive, as
+// active_target names it, e.g. "AVX2"): every kernel then runs the best path
+// no better than it. This measures a CPU's lesser paths (an AVX-512 machine
+// running what an AVX2 one would) and steps around a faulty kernel. Empty:
+// no cap. Process-wide, as Highway's dispatch is. The error lists the
+// targets this binary can use on this CPU.
+Status limit_targets(std::string_view name);
 // Whether the Q8_0 / Q4_0 dot products use Arm's optional dot product
 // instruction (sdot, Armv8.2 dotprod) on this CPU; false elsewhere.
 bool uses_arm_dotprod();

@@ -136,6 +136,28 @@ TEST(Kernels, ForcesEveryTargetAndReportsIt) {
 #endif
 }
 
+TEST(Kernels, LimitTargetsCapsDispatchAndNamesBadTargets) {
+  const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
+  const std::string best = active_target();
+  // The worst target first, then each in turn: dispatch runs exactly it.
+  for (auto it = targets.rbegin(); it != targets.rend(); ++it) {
+    std::string name = hwy::TargetName(*it);
+    for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));  // case-insensitive
+    const Status capped = limit_targets(name);
+    ASSERT_TRUE(capped.is_ok()) << capped.message();
+    EXPECT_STREQ(active_target(), hwy::TargetName(*it));
+  }
+  const Status bad = limit_targets("PDP11");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.message().find("PDP11"), std::string::npos) << bad.message();
+  EXPECT_NE(bad.message().find(hwy::TargetName(targets.front())), std::string::npos) << bad.message();
+  // An error leaves no cap behind, and an empty name lifts one.
+  EXPECT_EQ(active_target(), best);
+  ASSERT_TRUE(limit_targets(hwy::TargetName(targets.back())).is_ok());
+  ASSERT_TRUE(limit_targets("").is_ok());
+  EXPECT_EQ(active_target(), best);
+}
+
 TEST(Kernels, DotMatchesReference) {
   for_each_target([] {
     for (size_t n : kSizes) {

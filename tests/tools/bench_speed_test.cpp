@@ -126,6 +126,29 @@ TEST(BenchSpeed, JsonOnStdoutAndErrors) {
   EXPECT_NE(reps.err.find("-r"), std::string::npos) << reps.err;
 }
 
+TEST(BenchSpeed, KernelsFlagCapsTheSimdTarget) {
+  // An unknown target is refused with the list of those this CPU can use.
+  auto bad = run_engram({"bench", "speed", "-m", tiny_model().string(), "-r", "1", "--kernels", "PDP11"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("PDP11"), std::string::npos) << bad.err;
+  const size_t open = bad.err.rfind('('), close = bad.err.rfind(')');
+  ASSERT_TRUE(open != std::string::npos && close != std::string::npos && open < close) << bad.err;
+  const std::string list = bad.err.substr(open + 1, close - open - 1);
+  const size_t last_comma = list.rfind(", ");
+  const std::string worst = last_comma == std::string::npos ? list : list.substr(last_comma + 2);
+  // The worst one, given before or after the subcommand, is what the JSON reports.
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"--kernels", worst, "bench", "speed"},
+        std::vector<std::string>{"bench", "speed", "--kernels", worst}}) {
+    std::vector<std::string> full = args;
+    for (const char* a : {"-p", "0", "-n", "2", "-r", "1", "--json", "-"}) full.push_back(a);
+    full.insert(full.end(), {"-m", tiny_model().string()});
+    auto r = run_engram(full);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["kernel_target"], worst);
+  }
+}
+
 TEST(BenchRoofline, MeasuresPositivePeaksAndTheModelsBandwidthFraction) {
   const fs::path json = test::temp_dir("bench-cli") / "roofline.json";
   auto r = run_engram({"bench", "roofline", "-m", tiny_model().string(), "-t", "2", "--buffer-mib", "64", "--runs",
