@@ -254,6 +254,37 @@ TEST(Gemm, IntegerBlockSumsAreExact) {
   }
 }
 
+// The largest products the integer kernels can meet: Q4_0 nibbles of 15 and
+// 0 (weights +7 and -8) against activations of +-127, in every group of
+// every block. The AVX2 kernel adds a block's byte products in int16 lanes
+// before widening: these sums are the ones closest to overflowing them.
+TEST(Gemm, ExtremeQuantsDoNotSaturate) {
+  const int64_t n_in = 4 * kQK, n_out = 17;
+  const int n_tokens = 9;
+  Weights w{GgmlType::Q4_0, n_in, n_out, std::vector<uint8_t>(*row_bytes(GgmlType::Q4_0, n_in) * n_out)};
+  for (int64_t o = 0; o < n_out; ++o) {
+    for (int64_t b = 0; b < n_in / kQK; ++b) {
+      BlockQ4_0 blk;
+      blk.d = 0x3C00;  // 1.0
+      std::memset(blk.qs, o % 2 == 0 ? 0xFF : 0x00, sizeof blk.qs);
+      std::memcpy(w.bytes.data() + (o * (n_in / kQK) + b) * sizeof blk, &blk, sizeof blk);
+    }
+  }
+  std::vector<float> x(static_cast<size_t>(n_tokens * n_in));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = (i / n_in) % 2 == 0 ? 1.0f : -1.0f;  // quantized to +-127
+  std::vector<float> want(static_cast<size_t>(n_tokens * n_out));
+  ref::matmul(w.view(), x.data(), want.data(), n_tokens);
+  // Row o, token t: n_in * (7 or -8) * (+-1), up to the activations' fp16 scale.
+  EXPECT_NEAR(want[0], 7.0 * n_in, 1e-3 * n_in);
+  EXPECT_NEAR(want[1], -8.0 * n_in, 1e-3 * n_in);
+  for_each_target([&] {
+    ThreadPool pool(2);
+    std::vector<float> got(want.size(), NAN);
+    gemm(w.view(), x.data(), got.data(), n_tokens, pool);
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-5 * std::fabs(want[i])) << "i=" << i;
+  });
+}
+
 // Byte for byte the quant layer's Q8_0 quantization, including halves that
 // round away from zero (blocks with amax 127 have scale 1: x.5 are ties),
 // an all-zero block, and values of every magnitude.
