@@ -586,8 +586,21 @@ struct PreparedQ8_0 {
   float d;           // the scale as float
 };
 
+// How far ahead of the multiply-adds the weights are prefetched. Measured on
+// 1B models (alternating runs): 4 KiB beat 2 KiB by ~10% for Q8_0 and was
+// at least as fast for Q4_0; 8 KiB was mixed for Q4_0.
+constexpr size_t kPrefetchBytes = 4096;
+
+// Prefetches the `bytes` bytes at p + kPrefetchBytes: a matrix-vector
+// product streams its rows once, contiguously, so this runs on into the
+// rows after the current one.
+HWY_INLINE void PrefetchAhead(const void* p, size_t bytes) {
+  const char* ahead = static_cast<const char*>(p) + kPrefetchBytes;
+  for (size_t line = 0; line < bytes; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+}
+
 // One row of nb Q8_0 / Q4_0 blocks . x (`prepared`: null, or x's
-// PreparedQ8_0 for this Block). Four accumulators, blocks taken
+// PreparedQ8_0 for this Block, and then Q4_0 weights are prefetched). Four accumulators, blocks taken
 // round-robin: with one, every block waits for the previous block's fused
 // multiply-add (4 cycles of latency), and generation was bound by that chain
 // at 60% of the memory bandwidth.
@@ -606,6 +619,8 @@ HWY_INLINE float DotRowQ8X86(const Block* HWY_RESTRICT w, const BlockQ8_0* HWY_R
   };
   size_t b = 0;
   for (; b + kAcc <= nb; b += kAcc) {
+    // Measured on 1B models (AVX2, tg64): Q4_0 +7%, Q8_0 -2.5%.
+    if (std::is_same_v<Block, BlockQ4_0> && prepared != nullptr) PrefetchAhead(w + b, kAcc * sizeof(Block));
     for (size_t k = 0; k < kAcc; ++k) acc[k] = step(b + k, acc[k]);
   }
   for (; b < nb; ++b) acc[0] = step(b, acc[0]);
@@ -690,11 +705,6 @@ HWY_INLINE void PreparePairs(const BlockQ8_0* x, size_t n_pairs, PreparedPair* o
   }
 }
 
-// How far ahead of the multiply-adds the weights are prefetched. Measured on
-// 1B models (alternating runs): 4 KiB beat 2 KiB by ~10% for Q8_0 and was
-// at least as fast for Q4_0; 8 KiB was mixed for Q4_0.
-constexpr size_t kPrefetchBytes = 4096;
-
 // Rows [begin, end) . x with pairs prepared; an odd last block on 256 bits.
 template <class Block>
 HWY_INLINE void MatVecPairs(const uint8_t* HWY_RESTRICT w, size_t row_size, const BlockQ8_0* HWY_RESTRICT x,
@@ -715,10 +725,7 @@ HWY_INLINE void MatVecPairs(const uint8_t* HWY_RESTRICT w, size_t row_size, cons
     };
     size_t i = 0;
     for (; i + kAcc <= n_pairs; i += kAcc) {
-      // The weights stream from memory once: ask for them ahead of time
-      // (the rows are contiguous, so this runs on into the next row).
-      const char* ahead = reinterpret_cast<const char*>(row + 2 * i) + kPrefetchBytes;
-      for (size_t line = 0; line < kAcc * 2 * sizeof(Block); line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+      PrefetchAhead(row + 2 * i, kAcc * 2 * sizeof(Block));
       for (size_t k = 0; k < kAcc; ++k) acc[k] = step(i + k, acc[k]);
     }
     for (; i < n_pairs; ++i) acc[0] = step(i, acc[0]);
@@ -968,10 +975,7 @@ HWY_INLINE void MatVecSuperBlocksX512(const uint8_t* HWY_RESTRICT w, size_t row_
     // Two chains, named as in DotQ8KX86.
     SuperBlockSums even = {_mm512_setzero_ps(), _mm256_setzero_ps()}, odd = even;
     const auto step = [&](size_t b, SuperBlockSums& sums) {
-      // The blocks are contiguous across rows: a prefetch per 64 bytes of
-      // each block covers the stream (see kPrefetchBytes).
-      const char* ahead = reinterpret_cast<const char*>(row + b) + kPrefetchBytes;
-      for (size_t line = 0; line < sizeof(Block); line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+      PrefetchAhead(row + b, sizeof(Block));
       SuperBlockStepX512(row[b], x[b], prepared[b], sums);
     };
     size_t b = 0;
