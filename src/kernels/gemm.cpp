@@ -832,32 +832,32 @@ bool InterleavedQ8Gemm(GgmlType type, const uint8_t* w, size_t w_stride, size_t 
 // y[t * ldy + r] = row r . token t0 + t for t < T, r < nr (16-row group).
 template <size_t T>
 struct InterleavedTileVnni {
-static ENGRAM_VNNI_ATTR HWY_NOINLINE void Run(const InterleavedBlock* HWY_RESTRICT w,
-                                              const InterleavedActivations& a, size_t t0,
-                                              float* HWY_RESTRICT y, size_t ldy, size_t nr) {
-  __m512 acc[T];
-  for (size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-  for (size_t b = 0; b < a.nb; ++b) {
-    const InterleavedBlock& wb = w[b];
-    __m512i sum[T];
-    for (size_t t = 0; t < T; ++t) sum[t] = _mm512_set1_epi32(a.start[(t0 + t) * a.nb + b]);
-    for (size_t g = 0; g < kQK / 4; ++g) {
-      const __m512i wq = _mm512_loadu_si512(wb.q[g]);
+  static ENGRAM_VNNI_ATTR HWY_NOINLINE void Run(const InterleavedBlock* HWY_RESTRICT w,
+                                                const InterleavedActivations& a, size_t t0, float* HWY_RESTRICT y,
+                                                size_t ldy, size_t nr) {
+    __m512 acc[T];
+    for (size_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (size_t b = 0; b < a.nb; ++b) {
+      const InterleavedBlock& wb = w[b];
+      __m512i sum[T];
+      for (size_t t = 0; t < T; ++t) sum[t] = _mm512_set1_epi32(a.start[(t0 + t) * a.nb + b]);
+      for (size_t g = 0; g < kQK / 4; ++g) {
+        const __m512i wq = _mm512_loadu_si512(wb.q[g]);
+        for (size_t t = 0; t < T; ++t) {
+          int32_t x4;
+          std::memcpy(&x4, BlockAt<BlockQ8_0>(a.x + (t0 + t) * a.x_stride, b).qs + 4 * g, 4);
+          sum[t] = _mm512_dpbusd_epi32(sum[t], wq, _mm512_set1_epi32(x4));
+        }
+      }
+      const __m512 wd = _mm512_loadu_ps(wb.d);
       for (size_t t = 0; t < T; ++t) {
-        int32_t x4;
-        std::memcpy(&x4, BlockAt<BlockQ8_0>(a.x + (t0 + t) * a.x_stride, b).qs + 4 * g, 4);
-        sum[t] = _mm512_dpbusd_epi32(sum[t], wq, _mm512_set1_epi32(x4));
+        const __m512 scale = _mm512_mul_ps(wd, _mm512_set1_ps(a.scale[(t0 + t) * a.nb + b]));
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), scale, acc[t]);
       }
     }
-    const __m512 wd = _mm512_loadu_ps(wb.d);
-    for (size_t t = 0; t < T; ++t) {
-      const __m512 scale = _mm512_mul_ps(wd, _mm512_set1_ps(a.scale[(t0 + t) * a.nb + b]));
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), scale, acc[t]);
-    }
+    const __mmask16 rows = static_cast<__mmask16>((1u << nr) - 1);
+    for (size_t t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
   }
-  const __mmask16 rows = static_cast<__mmask16>((1u << nr) - 1);
-  for (size_t t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
-}
 };
 
 // Tokens per VNNI tile: T float + T int32 accumulators, the weight vector

@@ -600,10 +600,10 @@ HWY_INLINE void PrefetchAhead(const void* p, size_t bytes) {
 }
 
 // One row of nb Q8_0 / Q4_0 blocks . x (`prepared`: null, or x's
-// PreparedQ8_0 for this Block, and then Q4_0 weights are prefetched). Four accumulators, blocks taken
-// round-robin: with one, every block waits for the previous block's fused
-// multiply-add (4 cycles of latency), and generation was bound by that chain
-// at 60% of the memory bandwidth.
+// PreparedQ8_0 for this Block, and then Q4_0 weights are prefetched). Four
+// accumulators, blocks taken round-robin: with one, every block waits for
+// the previous block's fused multiply-add (4 cycles of latency), and
+// generation was bound by that chain at 60% of the memory bandwidth.
 template <class Block>
 HWY_INLINE float DotRowQ8X86(const Block* HWY_RESTRICT w, const BlockQ8_0* HWY_RESTRICT x, size_t nb,
                              const PreparedQ8_0* HWY_RESTRICT prepared = nullptr) {
@@ -620,7 +620,9 @@ HWY_INLINE float DotRowQ8X86(const Block* HWY_RESTRICT w, const BlockQ8_0* HWY_R
   size_t b = 0;
   for (; b + kAcc <= nb; b += kAcc) {
     // Measured on 1B models (AVX2, tg64): Q4_0 +7%, Q8_0 -2.5%.
-    if (std::is_same_v<Block, BlockQ4_0> && prepared != nullptr) PrefetchAhead(w + b, kAcc * sizeof(Block));
+    if constexpr (std::is_same_v<Block, BlockQ4_0>) {
+      if (prepared != nullptr) PrefetchAhead(w + b, kAcc * sizeof(Block));
+    }
     for (size_t k = 0; k < kAcc; ++k) acc[k] = step(b + k, acc[k]);
   }
   for (; b < nb; ++b) acc[0] = step(b, acc[0]);
@@ -897,9 +899,10 @@ HWY_INLINE void SuperBlockStepX512(const BlockQ4_K& w, const BlockQ8_K& x, const
     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
     const __m512i p_lo = _mm512_maddubs_epi16(lo, _mm512_loadu_si512(p.q[2 * h]));
     const __m512i p_hi = _mm512_maddubs_epi16(hi, _mm512_loadu_si512(p.q[2 * h + 1]));
-    dots = _mm512_add_epi32(dots, _mm512_madd_epi16(p_lo, _mm512_shuffle_epi8(scales, BroadcastI16Mask512(4 * h, 4 * h + 2))));
-    dots = _mm512_add_epi32(dots,
-                            _mm512_madd_epi16(p_hi, _mm512_shuffle_epi8(scales, BroadcastI16Mask512(4 * h + 1, 4 * h + 3))));
+    const __m512i sc_lo = _mm512_shuffle_epi8(scales, BroadcastI16Mask512(4 * h, 4 * h + 2));
+    const __m512i sc_hi = _mm512_shuffle_epi8(scales, BroadcastI16Mask512(4 * h + 1, 4 * h + 3));
+    dots = _mm512_add_epi32(dots, _mm512_madd_epi16(p_lo, sc_lo));
+    dots = _mm512_add_epi32(dots, _mm512_madd_epi16(p_hi, sc_hi));
   }
   sums.acc = _mm512_fmadd_ps(_mm512_set1_ps(HalfToF32X86(w.d) * x.d), _mm512_cvtepi32_ps(dots), sums.acc);
   sums.mins = _mm256_fmadd_ps(_mm256_set1_ps(HalfToF32X86(w.dmin) * x.d),
@@ -924,7 +927,8 @@ HWY_INLINE __m512i GroupScaleIndex(int first) {
 
 // Per-half int16 shift counts: lo in the low 256 bits, hi in the high.
 HWY_INLINE __m512i HalfCounts(int lo, int hi) {
-  return _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>(lo)), _mm256_set1_epi16(static_cast<int16_t>(hi)), 1);
+  return _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>(lo)), _mm256_set1_epi16(static_cast<int16_t>(hi)),
+                            1);
 }
 
 HWY_INLINE void SuperBlockStepX512(const BlockQ6_K& w, const BlockQ8_K& x, const PreparedQ6_K&, SuperBlockSums& sums) {
@@ -937,7 +941,8 @@ HWY_INLINE void SuperBlockStepX512(const BlockQ6_K& w, const BlockQ8_K& x, const
   for (int h = 0; h < 2; ++h) {
     const __m512i l = _mm512_loadu_si512(w.ql + 64 * h);
     const __m512i hb = _mm512_broadcast_i64x4(LoadBytes(w.qh + 32 * h));
-    const __m512i first = _mm512_or_si512(_mm512_and_si512(l, low4), _mm512_and_si512(_mm512_sllv_epi16(hb, HalfCounts(4, 2)), bits45));
+    const __m512i first = _mm512_or_si512(_mm512_and_si512(l, low4),
+                                          _mm512_and_si512(_mm512_sllv_epi16(hb, HalfCounts(4, 2)), bits45));
     const __m512i second = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), low4),
                                            _mm512_and_si512(_mm512_srlv_epi16(hb, HalfCounts(0, 2)), bits45));
     const __m512i p_first = _mm512_maddubs_epi16(first, _mm512_loadu_si512(x.qs + 128 * h));
@@ -984,7 +989,8 @@ HWY_INLINE void MatVecSuperBlocksX512(const uint8_t* HWY_RESTRICT w, size_t row_
       step(b + 1, odd);
     }
     if (b < nb) step(b, even);
-    y[o - begin] = _mm512_reduce_add_ps(_mm512_add_ps(even.acc, odd.acc)) - SumLanes(_mm256_add_ps(even.mins, odd.mins));
+    y[o - begin] =
+        _mm512_reduce_add_ps(_mm512_add_ps(even.acc, odd.acc)) - SumLanes(_mm256_add_ps(even.mins, odd.mins));
   }
 }
 #endif
