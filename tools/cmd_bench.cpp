@@ -128,6 +128,7 @@ nlohmann::json memory_options_json(const EngramMemoryOptions& o) {
           {"block_size", o.block_size},
           {"top_k", o.top_k},
           {"shared_blocks", o.shared_blocks},
+          {"single_query_gap", o.single_query_gap},
           {"remap", static_cast<bool>(o.rotate_keys)},
           {"compression", block_compression_name(o.compression)},
           {"memory_budget_bytes", o.memory_budget_bytes}};

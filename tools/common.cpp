@@ -124,6 +124,12 @@ void add_memory_options(CLI::App* app, MemoryFlags& f, const std::string& kind_h
                   "(engram; 0 = off; default fitted to the training context)")
       ->check(CLI::Range(0, 1 << 20))
       ->capture_default_str();
+  f.single_query_gap_option = app->add_option("--single-query-gap", f.options.single_query_gap,
+                  "Positions left free between the retrieved blocks and the window for a single query (decode), "
+                  "so that it sees them as far back as a prompt chunk's last query (engram; default fitted: the "
+                  "prompt chunk - 1)")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
   app->add_option("--summary-rows", f.options.summary_rows,
                   "Keys per min/max bound when one query scores blocks (decode); 1 = exact max q.k (engram)")
       ->check(CLI::Range(1, 1 << 20))
@@ -174,6 +180,7 @@ ExplicitMemoryOptions MemoryFlags::explicit_fields() const {
   e.block_size = given(block_size_option);
   e.top_k = given(top_k_option);
   e.shared_blocks = given(shared_blocks_option);
+  e.single_query_gap = given(single_query_gap_option);
   return e;
 }
 

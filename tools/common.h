@@ -60,13 +60,14 @@ struct MemoryFlags {
   bool no_progress = false;    // --no-progress
   bool no_remap = false;       // --no-remap: keys keep their original positions (window, engram)
   // The options behind --sinks, --window, --block-size, --top-blocks,
-  // --shared-blocks: those
+  // --shared-blocks, --single-query-gap: those
   // not given are fitted to the model's training context.
   CLI::Option* sinks_option = nullptr;
   CLI::Option* window_option = nullptr;
   CLI::Option* block_size_option = nullptr;
   CLI::Option* top_k_option = nullptr;
   CLI::Option* shared_blocks_option = nullptr;
+  CLI::Option* single_query_gap_option = nullptr;
   ExplicitMemoryOptions explicit_fields() const;
 };
 

@@ -741,7 +741,7 @@ void EngramMemory::attend(int layer, int seq, int64_t pos0, int n, int n_head, c
   //    per (KV head, tile of queries); results do not depend on threads.
   head_rows_.resize(static_cast<size_t>(H));
   pool.parallel_for(static_cast<size_t>(H), [&](size_t begin, size_t end, int) {
-    for (size_t g = begin; g < end; ++g) prepare_head(c, layer, static_cast<int>(g), pos0, head_rows_[g]);
+    for (size_t g = begin; g < end; ++g) prepare_head(c, layer, static_cast<int>(g), pos0, n, head_rows_[g]);
   });
   scratch_.resize(static_cast<size_t>(pool.size()));
   const int64_t tile_rows = std::min(n, kQueryTile) * static_cast<int64_t>(group);
@@ -767,7 +767,7 @@ void EngramMemory::attend(int layer, int seq, int64_t pos0, int n, int n_head, c
   }
 }
 
-void EngramMemory::prepare_head(const Cell& c, int layer, int g, int64_t pos0, HeadRows& rows) const {
+void EngramMemory::prepare_head(const Cell& c, int layer, int g, int64_t pos0, int n, HeadRows& rows) const {
   const int kd = layout_.k_dim, vd = layout_.v_dim, B = options_.block_size;
   const size_t kr = k_row();
   // Remapping (engram_memory.h): how far the sinks and each selected block
@@ -777,9 +777,14 @@ void EngramMemory::prepare_head(const Cell& c, int layer, int g, int64_t pos0, H
   const std::vector<int>* sel = mode_ == Mode::ENGRAM ? &selection_[static_cast<size_t>(layer) * layout_.n_kv_head + g]
                                                        : nullptr;
   const int64_t n_sel = sel ? static_cast<int64_t>(sel->size()) : 0;
-  // Virtual position right after the blocks: the tail's first attended row.
-  const int64_t virtual_end = mode_ == Mode::ENGRAM ? c.tail_start
-                                                    : std::max<int64_t>(c.tail_start, pos0 - options_.window + 1);
+  // Virtual position right after the blocks: the tail's first attended row,
+  // or single_query_gap before it for a single query (never so far back
+  // that the blocks would overlap the sinks: with every block selected
+  // nothing moves).
+  const int64_t gap = n == 1 ? options_.single_query_gap : 0;
+  const int64_t virtual_end =
+      mode_ == Mode::ENGRAM ? std::max(c.tail_start - gap, static_cast<int64_t>(options_.sinks) + n_sel * B)
+                            : std::max<int64_t>(c.tail_start, pos0 - options_.window + 1);
   int64_t sink_delta = 0;
   if (remap && c.n_sink() == options_.sinks && (n_tail > 0 || n_sel > 0))
     sink_delta = std::max<int64_t>(0, virtual_end - n_sel * B - options_.sinks);

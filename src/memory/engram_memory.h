@@ -52,6 +52,8 @@
 // ending at the queries' own positions: the tail keeps its real positions
 // (it is contiguous up to the chunk), the selected blocks are moved to end
 // where the tail begins, and the sinks to end where the first block begins.
+// A single query leaves options.single_query_gap positions free between the
+// blocks and the tail (as far back as a full chunk's last query sees them).
 // A key moved from position p to p' is rotated by p' - p into per-call
 // scratch (RoPE angles are linear in the position). The largest relative
 // distance is then sinks + top_k * block_size + tail (at most window +
@@ -153,7 +155,7 @@ class EngramMemory final : public Memory {
   int n_sub_blocks() const;       // sub-block bounds per block summary
   bool exact_index() const;       // summary_rows == 1: blocks' keys kept in the int8 KeyIndex
   size_t summary_floats() const;  // floats per block summary of one KV head
-  void prepare_head(const Cell& c, int layer, int kvh, int64_t pos0, HeadRows& rows) const;
+  void prepare_head(const Cell& c, int layer, int kvh, int64_t pos0, int n, HeadRows& rows) const;
   void attend_item(const Cell& c, int kvh, int64_t pos0, int i0, int i1, int n_head, const float* q, float* out,
                    float scale, const HeadRows& rows, Scratch& s) const;
   void fail(Status st);

@@ -9,7 +9,7 @@ int64_t attended_span(const EngramMemoryOptions& o, int n_batch) {
   // The tail keeps window positions before the chunk's first query, plus up
   // to a block that is not yet whole (eviction works in whole blocks).
   return static_cast<int64_t>(o.sinks) + (static_cast<int64_t>(o.top_k) + o.shared_blocks) * o.block_size + o.window +
-         (o.block_size - 1) + std::max(n_batch, 1);
+         (o.block_size - 1) + std::max({n_batch, o.single_query_gap + 1, 1});
 }
 
 int fit_prompt_batch(int n_batch, int64_t n_ctx_train) {
@@ -43,6 +43,8 @@ EngramMemoryOptions fit_memory_options(EngramMemoryOptions o, const ExplicitMemo
     const int64_t rest = avail - o.sinks - (static_cast<int64_t>(o.top_k) + o.shared_blocks) * B - (B - 1);
     o.window = static_cast<int>(std::max<int64_t>(B, std::min(rest, avail / 3)));
   }
+  // Single queries: blocks and sinks as far back as for a chunk's last query.
+  if (!set.single_query_gap) o.single_query_gap = static_cast<int>(chunk - 1);
   return o;
 }
 

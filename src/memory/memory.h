@@ -172,16 +172,26 @@ struct EngramMemoryOptions {
   // window (+ the chunk). Empty: keys keep their original positions.
   // Whatever it captures (the model) must outlive the memory.
   KeyRotator rotate_keys;
+  // With remapping, at a single query (decode, the exact prompt tail) the
+  // sinks and selected blocks end this many positions before the tail
+  // instead of right at it: fit_memory_options gives the prompt chunk's
+  // room (chunk - 1), so a question's tokens see them at the distances the
+  // last query of a full prompt chunk sees. Measured on engram's model: a
+  // needle in the document's last verse (inside the window) was missed in 1
+  // of 12 trials at 128K with 0, none with the chunk's room
+  // (docs/benchmarks.md, session 13).
+  int single_query_gap = 0;
 };
 
 // Which EngramMemoryOptions fields the user chose (the rest may be fitted).
 struct ExplicitMemoryOptions {
-  bool sinks = false, window = false, block_size = false, top_k = false, shared_blocks = false;
+  bool sinks = false, window = false, block_size = false, top_k = false, shared_blocks = false, single_query_gap = false;
 };
 
 // The longest distance (in positions, remapped) between a query and a key it
 // attends: sinks + top_k + shared_blocks blocks + the tail (window + a block being filled +
-// the query chunk of n_batch positions).
+// the query chunk of n_batch positions, or a single query behind the
+// single_query_gap).
 int64_t attended_span(const EngramMemoryOptions& options, int n_batch);
 
 // Options whose attended_span fits a model's training context n_ctx_train,

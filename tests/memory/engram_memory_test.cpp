@@ -898,6 +898,7 @@ TEST(EngramRemap, EqualsDenseWhenEveryBlockAndPositionIsAttended) {
     std::atomic<int> calls{0};
     EngramMemoryOptions o = small_options(BlockCompression::F32);
     if (mode == EngramMemory::Mode::WINDOW) o.window = 1200;
+    o.single_query_gap = 50;  // no room for it: nothing may move
     o.rotate_keys = test_rotator(l.k_dim, &calls);
     EngramMemory m(l, o, mode);
     auto dense = make_dense_memory(l);
@@ -924,11 +925,15 @@ TEST(EngramRemap, EqualsDenseWhenEveryBlockAndPositionIsAttended) {
 }
 
 // With top-4 of many blocks: the result is exact attention over keys rotated
-// at the virtual layout [sinks][selected blocks][tail] that ends at the tail.
-TEST(EngramRemap, EqualsNaiveAttentionOverTheVirtualLayout) {
+// at the virtual layout [sinks][selected blocks][tail] that ends at the tail,
+// or for a single query [sinks][selected blocks][gap][tail].
+class EngramRemapGap : public testing::TestWithParam<int> {};
+
+TEST_P(EngramRemapGap, EqualsNaiveAttentionOverTheVirtualLayout) {
   const MemoryLayout l = small_layout(1200, 1);
   std::atomic<int> calls{0};
   EngramMemoryOptions o = small_options(BlockCompression::F32, /*top_k=*/4);
+  o.single_query_gap = GetParam();
   o.rotate_keys = test_rotator(l.k_dim, &calls);
   EngramMemory m(l, o, EngramMemory::Mode::ENGRAM);
   RopeFeeder f(l);
@@ -948,23 +953,25 @@ TEST(EngramRemap, EqualsNaiveAttentionOverTheVirtualLayout) {
         return std::binary_search(sel.begin(), sel.end(), block_of(key));
       };
       // Built from the definition: selected blocks back to back before the
-      // tail, in their original order, the sinks right before them.
+      // tail (a single query: before the gap), in their original order, the
+      // sinks right before them.
+      const int64_t blocks_end = tail_start - (n == 1 ? o.single_query_gap : 0);
       auto virtual_pos = [&](int64_t key, int g) -> int64_t {
         const auto& sel = m.last_selection(layer, g);
         const int64_t n_sel = static_cast<int64_t>(sel.size());
         if (key >= tail_start) return key;
-        if (key < o.sinks) return tail_start - n_sel * B - o.sinks + key;
+        if (key < o.sinks) return blocks_end - n_sel * B - o.sinks + key;
         const auto it = std::lower_bound(sel.begin(), sel.end(), block_of(key));
         if (it == sel.end() || *it != block_of(key)) return key;  // not attended
         const int64_t rank = it - sel.begin();
-        return tail_start - (n_sel - rank) * B + (key - o.sinks) % B;
+        return blocks_end - (n_sel - rank) * B + (key - o.sinks) % B;
       };
       const float* q = qs[static_cast<size_t>(layer)].data();
       auto want = test::naive_attention(l, kHeads, f.placed(layer, virtual_pos), pos, n, q, 0.35f, visible);
       ASSERT_LT(max_abs_diff(got, want), 1e-4f) << "pos " << pos << " layer " << layer;
       // The largest distance a query sees is bounded by the layout, not the context.
       for (int g = 0; g < l.n_kv_head; ++g)
-        EXPECT_GE(virtual_pos(0, g), pos + n - 1 - (o.sinks + o.top_k * B + (pos + n - tail_start)));
+        EXPECT_GE(virtual_pos(0, g), pos + n - 1 - (o.sinks + o.top_k * B + (pos + n - tail_start) + (tail_start - blocks_end)));
       auto unmapped = test::naive_attention(l, kHeads, f.placed(layer, [](int64_t j, int) { return j; }), pos, n, q,
                                             0.35f, visible);
       if (max_abs_diff(got, unmapped) > 1e-2f) remap_mattered = true;
@@ -975,6 +982,8 @@ TEST(EngramRemap, EqualsNaiveAttentionOverTheVirtualLayout) {
   EXPECT_GT(calls.load(), 0);
   EXPECT_TRUE(m.last_error().is_ok()) << m.last_error().message();
 }
+
+INSTANTIATE_TEST_SUITE_P(SingleQueryGap, EngramRemapGap, testing::Values(0, 37));
 
 // Window mode: the sinks move to end where the chunk's first query's window begins.
 TEST(EngramRemap, WindowMemoryMovesSinksNextToTheWindow) {

@@ -13,6 +13,7 @@ TEST(FitMemoryOptions, DefaultsStayWhenTheTrainingContextIsLongEnough) {
   EXPECT_EQ(fitted.block_size, o.block_size);
   EXPECT_EQ(fitted.top_k, o.top_k);
   EXPECT_EQ(fitted.shared_blocks, o.shared_blocks);
+  EXPECT_EQ(fitted.single_query_gap, 0);
   EXPECT_EQ(fit_memory_options(o, {}, 0, 512).window, o.window);  // unknown training context
 }
 
@@ -37,13 +38,16 @@ TEST(FitMemoryOptions, ShortTrainingContextGetsASpanThatFits) {
   EXPECT_EQ(f.top_k, 9);
   EXPECT_EQ(f.shared_blocks, 3);
   EXPECT_EQ(f.window, (2048 - 512) / 3);
+  EXPECT_EQ(f.single_query_gap, 511);
   EXPECT_LE(attended_span(f, 512), 2048);
+  EXPECT_EQ(attended_span(f, 1), attended_span(f, 512));  // a single query behind the gap reaches as far
   // 512 (stories260K): the window is what the blocks leave, under a third.
   const EngramMemoryOptions s = fit_memory_options({}, {}, 512, 512);
   EXPECT_EQ(s.block_size, 32);
   EXPECT_EQ(s.top_k, 4);
   EXPECT_EQ(s.shared_blocks, 1);
   EXPECT_EQ(s.window, (512 - 128) / 3);
+  EXPECT_EQ(s.single_query_gap, 127);
   EXPECT_EQ(fit_prompt_batch(512, 2048), 512);
   EXPECT_EQ(fit_prompt_batch(512, 512), 128);
 }
@@ -54,10 +58,12 @@ TEST(FitMemoryOptions, ExplicitFieldsAreKept) {
   o.block_size = 32;
   ExplicitMemoryOptions set;
   o.shared_blocks = 0;
-  set.top_k = set.block_size = set.shared_blocks = true;
+  o.single_query_gap = 0;
+  set.top_k = set.block_size = set.shared_blocks = set.single_query_gap = true;
   const EngramMemoryOptions f = fit_memory_options(o, set, 2048, 256);
   EXPECT_EQ(f.top_k, 4);
   EXPECT_EQ(f.shared_blocks, 0);
+  EXPECT_EQ(f.single_query_gap, 0);
   EXPECT_EQ(f.block_size, 32);
   EXPECT_LE(attended_span(f, 256), 2048);
 }
