@@ -631,6 +631,28 @@ HWY_INLINE float DotRowQ8X86(const Block* HWY_RESTRICT w, const BlockQ8_0* HWY_R
 
 #if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
 #define ENGRAM_X86_PAIR_MATVEC 1
+// AVX3_DL (built because CMake defines HWY_WANT_AVX3_DL for this file) has
+// AVX-512 VNNI: vpdpbusd adds four u8 x s8 products into an int32 lane, one
+// instruction where vpmaddubsw + vpmaddwd + an add took three. Highway's
+// AVX3_DL attribute names avxvnni (the VEX form), hence the extra one.
+#undef ENGRAM_PAIR_ATTR
+#if HWY_TARGET == HWY_AVX3_DL
+#define ENGRAM_PAIR_ATTR __attribute__((target("avx512vnni")))
+#else
+#define ENGRAM_PAIR_ATTR
+#endif
+
+// start + the sums of each int32 lane's four u * s byte products (u
+// unsigned, s signed; exact: vpmaddubsw's int16 pairs cannot saturate for
+// the |u| <= 128, |s| <= 127 of these products).
+ENGRAM_PAIR_ATTR HWY_INLINE __m512i AddByteDots(__m512i start, __m512i u, __m512i s) {
+#if HWY_TARGET == HWY_AVX3_DL
+  return _mm512_dpbusd_epi32(start, u, s);
+#else
+  return _mm512_add_epi32(start, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+#endif
+}
+
 // AVX-512: two blocks per 512-bit vector. Everything that depends only on
 // the activations (their quants in the weights' lane order, Q4_0's offset
 // sums, the scale of each lane) is prepared once per product; per row and
@@ -640,7 +662,7 @@ HWY_INLINE float DotRowQ8X86(const Block* HWY_RESTRICT w, const BlockQ8_0* HWY_R
 // is not guaranteed 64-byte alignment here.
 struct PreparedPair {
   int8_t q[64];       // activation quants, in the lane order of PairLayout
-  int32_t setup[16];  // Q4_0: BlockDotX86::Setup of those quants, per int32 lane
+  int32_t setup[16];  // Q4_0: -8 * the sum of each int32 lane's four quants
   float d[16];        // int32 lane i's activation scale
 };
 
@@ -654,12 +676,12 @@ struct PairLayout<BlockQ8_0> {
   static HWY_INLINE __m512i Activations(const BlockQ8_0& x0, const BlockQ8_0& x1) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(LoadBytes(x0.qs)), LoadBytes(x1.qs), 1);
   }
-  static HWY_INLINE __m512i Sum(const BlockQ8_0* w, const PreparedPair& p) {
+  static ENGRAM_PAIR_ATTR HWY_INLINE __m512i Sum(const BlockQ8_0* w, const PreparedPair& p) {
     const __m512i wq = Activations(w[0], w[1]);  // the same layout
     const __mmask64 negative = _mm512_movepi8_mask(wq);
     const __m512i xq = _mm512_loadu_si512(p.q);
     const __m512i xs = _mm512_mask_sub_epi8(xq, negative, _mm512_setzero_si512(), xq);
-    return _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(wq), xs), _mm512_set1_epi16(1));
+    return AddByteDots(_mm512_setzero_si512(), _mm512_abs_epi8(wq), xs);
   }
 };
 
@@ -673,14 +695,13 @@ struct PairLayout<BlockQ4_0> {
     const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(LoadBytes(x0.qs)), LoadBytes(x1.qs), 1);
     return _mm512_permutexvar_epi64(_mm512_set_epi64(7, 6, 3, 2, 5, 4, 1, 0), both);
   }
-  static HWY_INLINE __m512i Sum(const BlockQ4_0* w, const PreparedPair& p) {
+  static ENGRAM_PAIR_ATTR HWY_INLINE __m512i Sum(const BlockQ4_0* w, const PreparedPair& p) {
     const __m256i packed = _mm256_inserti128_si256(
         _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[0].qs))),
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[1].qs)), 1);
     const __m512i nibbles = _mm512_inserti64x4(_mm512_castsi256_si512(packed), _mm256_srli_epi16(packed, 4), 1);
     const __m512i q = _mm512_and_si512(nibbles, _mm512_set1_epi8(0x0F));
-    const __m512i qx = _mm512_madd_epi16(_mm512_maddubs_epi16(q, _mm512_loadu_si512(p.q)), _mm512_set1_epi16(1));
-    return _mm512_sub_epi32(qx, _mm512_loadu_si512(p.setup));
+    return AddByteDots(_mm512_loadu_si512(p.setup), q, _mm512_loadu_si512(p.q));
   }
 };
 
@@ -701,16 +722,26 @@ HWY_INLINE void PreparePairs(const BlockQ8_0* x, size_t n_pairs, PreparedPair* o
     _mm512_storeu_si512(out[i].q, q);
     if constexpr (std::is_same_v<Block, BlockQ4_0>) {  // Q8_0's Sum reads no setup
       const __m512i eight_x = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_set1_epi8(8), q), _mm512_set1_epi16(1));
-      _mm512_storeu_si512(out[i].setup, eight_x);
+      _mm512_storeu_si512(out[i].setup, _mm512_sub_epi32(_mm512_setzero_si512(), eight_x));
     }
     _mm512_storeu_ps(out[i].d, PairScales<Block>(x0.d, x1.d));
   }
 }
 
-// Rows [begin, end) . x with pairs prepared; an odd last block on 256 bits.
+// sum + pair i of a row . its prepared activations.
 template <class Block>
-HWY_INLINE void MatVecPairs(const uint8_t* HWY_RESTRICT w, size_t row_size, const BlockQ8_0* HWY_RESTRICT x,
-                            size_t nb, float* HWY_RESTRICT y, size_t begin, size_t end) {
+ENGRAM_PAIR_ATTR HWY_INLINE __m512 PairStep(const Block* HWY_RESTRICT row, const PreparedPair& p, size_t i,
+                                            __m512 sum) {
+  const __m512 scale = _mm512_mul_ps(PairScales<Block>(row[2 * i].d, row[2 * i + 1].d), _mm512_loadu_ps(p.d));
+  return _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(PairLayout<Block>::Sum(row + 2 * i, p)), sum);
+}
+
+// Rows [begin, end) . x with pairs prepared; an odd last block on 256 bits.
+// Not inlined: it carries the VNNI attribute its callers lack.
+template <class Block>
+ENGRAM_PAIR_ATTR HWY_NOINLINE void MatVecPairs(const uint8_t* HWY_RESTRICT w, size_t row_size,
+                                               const BlockQ8_0* HWY_RESTRICT x, size_t nb, float* HWY_RESTRICT y,
+                                               size_t begin, size_t end) {
   thread_local std::vector<PreparedPair> prepared;
   const size_t n_pairs = nb / 2;
   prepared.resize(n_pairs);
@@ -721,16 +752,12 @@ HWY_INLINE void MatVecPairs(const uint8_t* HWY_RESTRICT w, size_t row_size, cons
     constexpr size_t kAcc = 4;  // independent chains: see DotRowQ8X86
     __m512 acc[kAcc];
     for (__m512& a : acc) a = _mm512_setzero_ps();
-    const auto step = [&](size_t i, __m512 sum) {
-      const __m512 scale = _mm512_mul_ps(PairScales<Block>(row[2 * i].d, row[2 * i + 1].d), _mm512_loadu_ps(p[i].d));
-      return _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(PairLayout<Block>::Sum(row + 2 * i, p[i])), sum);
-    };
     size_t i = 0;
     for (; i + kAcc <= n_pairs; i += kAcc) {
       PrefetchAhead(row + 2 * i, kAcc * 2 * sizeof(Block));
-      for (size_t k = 0; k < kAcc; ++k) acc[k] = step(i + k, acc[k]);
+      for (size_t k = 0; k < kAcc; ++k) acc[k] = PairStep(row, p[i + k], i + k, acc[k]);
     }
-    for (; i < n_pairs; ++i) acc[0] = step(i, acc[0]);
+    for (; i < n_pairs; ++i) acc[0] = PairStep(row, p[i], i, acc[0]);
     float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
     if (nb % 2 != 0) sum += DotRowQ8X86(row + nb - 1, x + nb - 1, 1);
     y[o - begin] = sum;
