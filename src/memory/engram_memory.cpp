@@ -203,6 +203,7 @@ EngramMemory::EngramMemory(const MemoryLayout& layout, const EngramMemoryOptions
   options_.block_size = std::max(options_.block_size, 1);
   options_.top_k = std::max(options_.top_k, 0);
   options_.shared_blocks = std::max(options_.shared_blocks, 0);
+  options_.single_query_gap = std::max(options_.single_query_gap, 0);  // a negative one would overlap the tail
   options_.summary_rows = std::clamp(options_.summary_rows, 1, options_.block_size);
   for (Cell& c : cells_) c = fresh_cell();
   if (mode_ == Mode::ENGRAM) {

@@ -971,7 +971,8 @@ TEST_P(EngramRemapGap, EqualsNaiveAttentionOverTheVirtualLayout) {
       ASSERT_LT(max_abs_diff(got, want), 1e-4f) << "pos " << pos << " layer " << layer;
       // The largest distance a query sees is bounded by the layout, not the context.
       for (int g = 0; g < l.n_kv_head; ++g)
-        EXPECT_GE(virtual_pos(0, g), pos + n - 1 - (o.sinks + o.top_k * B + (pos + n - tail_start) + (tail_start - blocks_end)));
+        EXPECT_GE(virtual_pos(0, g),
+                  pos + n - 1 - (o.sinks + o.top_k * B + (pos + n - tail_start) + (tail_start - blocks_end)));
       auto unmapped = test::naive_attention(l, kHeads, f.placed(layer, [](int64_t j, int) { return j; }), pos, n, q,
                                             0.35f, visible);
       if (max_abs_diff(got, unmapped) > 1e-2f) remap_mattered = true;
