@@ -1076,8 +1076,8 @@ bool GemmQ8Impl(GgmlType type, const uint8_t* w, size_t w_stride, size_t n_rows,
   // On AVX3 only Q4_0 gains from the panels (pp512 of a 1B model: 1.6x);
   // Q8_0's 512-bit tiles below are as fast (0.98-0.99x with the panels).
   const bool use_panels = HWY_TARGET == HWY_AVX2 || type == GgmlType::Q4_0;
-  if (use_panels && InterleavedQ8Gemm<MaddubsTilesQ8_0, MaddubsTilesQ4_0>(type, w, w_stride, n_rows, x, x_stride, n_tokens, n_in, y,
-                                                            ldy, x_scale, x_start)) {
+  if (use_panels && InterleavedQ8Gemm<MaddubsTilesQ8_0, MaddubsTilesQ4_0>(type, w, w_stride, n_rows, x, x_stride,
+                                                                          n_tokens, n_in, y, ldy, x_scale, x_start)) {
     return true;
   }
 #else
