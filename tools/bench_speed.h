@@ -38,6 +38,9 @@ Expected<std::vector<SpeedTest>> measure_speed(Model& model, ThreadPool& pool, i
 // n_used / n_expert of each routed-expert tensor (*_exps.weight).
 uint64_t weight_bytes_per_token(const gguf::File& file);
 
+// The middle value (the mean of the two middle ones for an even count); 0 when empty.
+double median(std::vector<double> v);
+
 // "q4_k_m", "f16", ... from general.file_type; else the type holding most bytes.
 std::string model_type_name(const gguf::File& file);
 

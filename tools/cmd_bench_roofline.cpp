@@ -93,6 +93,88 @@ double measure_peak(ThreadPool& pool, size_t rounds, Loop loop) {
   return best;
 }
 
+// One generation repetition and the bandwidth measured just before it: on a
+// shared machine the bandwidth on offer drifts by a third within minutes, so
+// a fraction whose two sides were measured minutes apart says little. Here
+// they are seconds apart (measure_speed warms up with one generation first).
+struct PairedRun {
+  double bandwidth = 0;     // bytes/s, best over both page sizes
+  double tokens_per_s = 0;  // generation
+  double fraction = 0;      // weight bytes per token * tokens_per_s / bandwidth
+};
+
+Expected<std::vector<PairedRun>> measure_paired(Model& model, ThreadPool& pool, const RooflineOptions& o,
+                                                uint64_t bytes_per_token, uint64_t* checksum) {
+  std::vector<PairedRun> runs;
+  for (int r = 0; r < o.reps; ++r) {
+    Expected<Bandwidth> bw = measure_bandwidths(pool, static_cast<size_t>(o.buffer_mib) << 20, o.runs, checksum);
+    if (!bw) return make_error(bw.error().message);
+    auto tests = measure_speed(model, pool, 0, o.n_gen, 1, 1, 42 + static_cast<uint64_t>(r));
+    if (!tests) return make_error(tests.error().message);
+    PairedRun run;
+    run.bandwidth = bw->best();
+    run.tokens_per_s = tests->front().median_ts;
+    run.fraction = static_cast<double>(bytes_per_token) * run.tokens_per_s / run.bandwidth;
+    runs.push_back(run);
+  }
+  return runs;
+}
+
+// Generation against the bandwidth limit: the median repetition against the
+// best bandwidth seen at the start, and each repetition against the
+// bandwidth measured just before it (the median of those fractions).
+int report_model(Model& model, const std::string& model_path, ThreadPool& pool, const RooflineOptions& o,
+                 double bandwidth, uint64_t* checksum, nlohmann::json& j) {
+  auto tests = measure_speed(model, pool, 0, o.n_gen, o.reps, 1, 42);
+  if (!tests) return fail(tests.error().message);
+  const SpeedTest& tg = tests->front();
+  const uint64_t bytes = weight_bytes_per_token(model.file());
+  const double s_per_token = 1.0 / tg.median_ts;
+  const double achieved = static_cast<double>(bytes) / s_per_token;
+  const double fraction = achieved / bandwidth;
+  auto paired = measure_paired(model, pool, o, bytes, checksum);
+  if (!paired) return fail(paired.error().message);
+  std::vector<double> fractions, paired_bandwidths;
+  for (const PairedRun& r : *paired) {
+    fractions.push_back(r.fraction);
+    paired_bandwidths.push_back(r.bandwidth);
+  }
+  const double paired_fraction = median(fractions);
+  std::printf("model:                 %s (%s; weights: %s)\n", model_path.c_str(), model_type_name(model.file()).c_str(),
+              load_mode_name(model.file().load_mode()));
+  std::printf("weight bytes / token:  %.2f MiB (active parameters %.2f M of %.2f M)\n",
+              static_cast<double>(bytes) / (1024.0 * 1024.0), static_cast<double>(model.active_parameter_count()) / 1e6,
+              static_cast<double>(model.parameter_count()) / 1e6);
+  std::printf("%s:                 %.2f t/s median (%.3f ms/token), %d repetitions\n", tg.name.c_str(), tg.median_ts,
+              s_per_token * 1e3, o.reps);
+  std::printf("bandwidth limit:       %.2f t/s\n", bandwidth / static_cast<double>(bytes));
+  std::printf("achieved:              %.2f GB/s = %.1f%% of the measured bandwidth\n", achieved / 1e9, 100.0 * fraction);
+  std::printf("paired:                %.1f%% median (%.1f%% .. %.1f%%) of the bandwidth measured before each of %d "
+              "repetitions (median %.2f GB/s)\n",
+              100.0 * paired_fraction, 100.0 * *std::min_element(fractions.begin(), fractions.end()),
+              100.0 * *std::max_element(fractions.begin(), fractions.end()), o.reps,
+              median(paired_bandwidths) / 1e9);
+  j["model"] = model_path;
+  j["model_type"] = model_type_name(model.file());
+  j["weights_load"] = load_mode_name(model.file().load_mode());
+  j["weight_bytes_per_token"] = bytes;
+  j["n_params"] = model.parameter_count();
+  j["n_active_params"] = model.active_parameter_count();
+  j["test"] = tg.name;
+  j["tg_median_ts"] = tg.median_ts;
+  j["tg_samples_ts"] = tg.tokens_per_s;
+  j["seconds_per_token"] = s_per_token;
+  j["bandwidth_limit_ts"] = bandwidth / static_cast<double>(bytes);
+  j["achieved_gbs"] = achieved / 1e9;
+  j["bandwidth_fraction"] = fraction;
+  j["paired_bandwidth_fraction"] = paired_fraction;
+  nlohmann::json& runs = j["paired_runs"] = nlohmann::json::array();
+  for (const PairedRun& r : *paired) {
+    runs.push_back({{"read_bandwidth_gbs", r.bandwidth / 1e9}, {"tg_ts", r.tokens_per_s}, {"fraction", r.fraction}});
+  }
+  return 0;
+}
+
 int run(const RooflineOptions& o) {
   if (o.buffer_mib < 1) return fail("bench roofline: --buffer-mib must be >= 1");
   if (o.runs < 1 || o.reps < 1 || o.n_gen < 1) return fail("bench roofline: --runs, -r and -n must be >= 1");
@@ -147,37 +229,8 @@ int run(const RooflineOptions& o) {
               int8 / 1e9);
 
   if (model) {
-    auto tests = measure_speed(*model, pool, 0, o.n_gen, o.reps, 1, 42);
-    if (!tests) return fail(tests.error().message);
-    const SpeedTest& tg = tests->front();
-    const uint64_t bytes = weight_bytes_per_token(model->file());
-    const double s_per_token = 1.0 / tg.median_ts;
-    const double achieved = static_cast<double>(bytes) / s_per_token;
-    const double fraction = achieved / bandwidth;
-    std::printf("model:                 %s (%s; weights: %s)\n", model_path.c_str(),
-                model_type_name(model->file()).c_str(), load_mode_name(model->file().load_mode()));
-    std::printf("weight bytes / token:  %.2f MiB (active parameters %.2f M of %.2f M)\n",
-                static_cast<double>(bytes) / (1024.0 * 1024.0),
-                static_cast<double>(model->active_parameter_count()) / 1e6,
-                static_cast<double>(model->parameter_count()) / 1e6);
-    std::printf("%s:                 %.2f t/s median (%.3f ms/token), %d repetitions\n", tg.name.c_str(),
-                tg.median_ts, s_per_token * 1e3, o.reps);
-    std::printf("bandwidth limit:       %.2f t/s\n", bandwidth / static_cast<double>(bytes));
-    std::printf("achieved:              %.2f GB/s = %.1f%% of the measured bandwidth\n", achieved / 1e9,
-                100.0 * fraction);
-    j["model"] = model_path;
-    j["model_type"] = model_type_name(model->file());
-    j["weights_load"] = load_mode_name(model->file().load_mode());
-    j["weight_bytes_per_token"] = bytes;
-    j["n_params"] = model->parameter_count();
-    j["n_active_params"] = model->active_parameter_count();
-    j["test"] = tg.name;
-    j["tg_median_ts"] = tg.median_ts;
-    j["tg_samples_ts"] = tg.tokens_per_s;
-    j["seconds_per_token"] = s_per_token;
-    j["bandwidth_limit_ts"] = bandwidth / static_cast<double>(bytes);
-    j["achieved_gbs"] = achieved / 1e9;
-    j["bandwidth_fraction"] = fraction;
+    const int status = report_model(*model, model_path, pool, o, bandwidth, &checksum, j);
+    if (status != 0) return status;
   }
   if (!o.json.empty()) {
     std::ofstream f(o.json);
@@ -194,7 +247,9 @@ Command add_bench_roofline_command(CLI::App& bench) {
       "roofline", "Memory bandwidth and compute peaks; with -m, the fraction of the bandwidth limit tg reaches");
   app->add_option("-m,--model", o->model, "GGUF model whose generation to compare with the bandwidth");
   app->add_option("-n,--n-gen", o->n_gen, "Generated tokens per repetition (with -m)")->capture_default_str();
-  app->add_option("-r,--repetitions", o->reps, "Timed generation repetitions (with -m)")->capture_default_str();
+  app->add_option("-r,--repetitions", o->reps,
+                  "Timed generation repetitions (with -m); as many again, each after a bandwidth pass")
+      ->capture_default_str();
   app->add_option("--buffer-mib", o->buffer_mib, "Bandwidth buffer (MiB, much larger than the last-level cache)")
       ->capture_default_str();
   add_load_option(app, o->load);

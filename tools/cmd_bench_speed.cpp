@@ -20,13 +20,12 @@ namespace engram::tools {
 namespace {
 
 void summarize(SpeedTest& t) {
-  std::vector<double> ts = t.tokens_per_s;
+  const std::vector<double>& ts = t.tokens_per_s;
   if (ts.empty()) return;
-  std::sort(ts.begin(), ts.end());
   const size_t n = ts.size();
-  t.median_ts = n % 2 ? ts[n / 2] : 0.5 * (ts[n / 2 - 1] + ts[n / 2]);
-  t.min_ts = ts.front();
-  t.max_ts = ts.back();
+  t.median_ts = median(ts);
+  t.min_ts = *std::min_element(ts.begin(), ts.end());
+  t.max_ts = *std::max_element(ts.begin(), ts.end());
   double sum = 0, sq = 0;
   for (double v : ts) sum += v;
   t.mean_ts = sum / static_cast<double>(n);
@@ -171,6 +170,13 @@ int run(const SpeedOptions& o) {
 }
 
 }  // namespace
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 != 0 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
 
 Expected<std::vector<SpeedTest>> measure_speed(Model& model, ThreadPool& pool, int n_prompt, int n_gen, int reps,
                                                int n_batch, uint64_t seed, int n_depth, BlockCompression kv) {

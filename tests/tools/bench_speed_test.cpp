@@ -152,9 +152,10 @@ TEST(BenchSpeed, KernelsFlagCapsTheSimdTarget) {
 TEST(BenchRoofline, MeasuresPositivePeaksAndTheModelsBandwidthFraction) {
   const fs::path json = test::temp_dir("bench-cli") / "roofline.json";
   auto r = run_engram({"bench", "roofline", "-m", tiny_model().string(), "-t", "2", "--buffer-mib", "64", "--runs",
-                       "2", "-n", "4", "-r", "1", "--json", json.string()});
+                       "2", "-n", "4", "-r", "2", "--json", json.string()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("memory read bandwidth"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("measured before each of 2 repetitions"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("% of the measured bandwidth"), std::string::npos) << r.out;
   const auto j = nlohmann::json::parse(test::read_text_file(json));
   EXPECT_GT(j["read_bandwidth_gbs"].get<double>(), 0.1);
@@ -171,6 +172,19 @@ TEST(BenchRoofline, MeasuresPositivePeaksAndTheModelsBandwidthFraction) {
   for (const auto& t : f->tensors())
     expected += t.name == "token_embd.weight" ? t.n_bytes / static_cast<uint64_t>(t.ne[1]) : t.n_bytes;
   EXPECT_EQ(j["weight_bytes_per_token"].get<uint64_t>(), expected);
+
+  // Each repetition against the bandwidth measured just before it; the
+  // reported fraction is the median (of two: their mean).
+  const auto& runs = j["paired_runs"];
+  ASSERT_EQ(runs.size(), 2u);
+  double sum = 0;
+  for (const auto& run : runs) {
+    const double fraction = static_cast<double>(expected) * run["tg_ts"].get<double>() /
+                            (run["read_bandwidth_gbs"].get<double>() * 1e9);
+    EXPECT_NEAR(run["fraction"].get<double>(), fraction, 1e-9 * fraction);
+    sum += fraction;
+  }
+  EXPECT_NEAR(j["paired_bandwidth_fraction"].get<double>(), sum / 2, 1e-9 * sum);
 }
 
 TEST(BenchRoofline, MoeModelsCountOnlyTheActiveExperts) {
