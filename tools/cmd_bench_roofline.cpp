@@ -123,56 +123,77 @@ Expected<std::vector<PairedRun>> measure_paired(Model& model, ThreadPool& pool, 
 // Generation against the bandwidth limit: the median repetition against the
 // best bandwidth seen at the start, and each repetition against the
 // bandwidth measured just before it (the median of those fractions).
-int report_model(Model& model, const std::string& model_path, ThreadPool& pool, const RooflineOptions& o,
-                 double bandwidth, uint64_t* checksum, nlohmann::json& j) {
+struct ModelRoofline {
+  SpeedTest tg;
+  uint64_t bytes_per_token = 0;
+  double achieved = 0;   // bytes/s at the median repetition
+  double fraction = 0;   // achieved / the bandwidth measured at the start
+  std::vector<PairedRun> paired;
+  double paired_fraction = 0, paired_bandwidth = 0;  // medians over `paired`
+};
+
+Expected<ModelRoofline> measure_model(Model& model, ThreadPool& pool, const RooflineOptions& o, double bandwidth,
+                                      uint64_t* checksum) {
   auto tests = measure_speed(model, pool, 0, o.n_gen, o.reps, 1, 42);
-  if (!tests) return fail(tests.error().message);
-  const SpeedTest& tg = tests->front();
-  const uint64_t bytes = weight_bytes_per_token(model.file());
-  const double s_per_token = 1.0 / tg.median_ts;
-  const double achieved = static_cast<double>(bytes) / s_per_token;
-  const double fraction = achieved / bandwidth;
-  auto paired = measure_paired(model, pool, o, bytes, checksum);
-  if (!paired) return fail(paired.error().message);
-  std::vector<double> fractions, paired_bandwidths;
-  for (const PairedRun& r : *paired) {
+  if (!tests) return make_error(tests.error().message);
+  ModelRoofline m;
+  m.tg = tests->front();
+  m.bytes_per_token = weight_bytes_per_token(model.file());
+  m.achieved = static_cast<double>(m.bytes_per_token) * m.tg.median_ts;
+  m.fraction = m.achieved / bandwidth;
+  auto paired = measure_paired(model, pool, o, m.bytes_per_token, checksum);
+  if (!paired) return make_error(paired.error().message);
+  m.paired = std::move(*paired);
+  std::vector<double> fractions, bandwidths;
+  for (const PairedRun& r : m.paired) {
     fractions.push_back(r.fraction);
-    paired_bandwidths.push_back(r.bandwidth);
+    bandwidths.push_back(r.bandwidth);
   }
-  const double paired_fraction = median(fractions);
-  std::printf("model:                 %s (%s; weights: %s)\n", model_path.c_str(), model_type_name(model.file()).c_str(),
-              load_mode_name(model.file().load_mode()));
-  std::printf("weight bytes / token:  %.2f MiB (active parameters %.2f M of %.2f M)\n",
-              static_cast<double>(bytes) / (1024.0 * 1024.0), static_cast<double>(model.active_parameter_count()) / 1e6,
+  m.paired_fraction = median(fractions);
+  m.paired_bandwidth = median(bandwidths);
+  return m;
+}
+
+void print_model(const ModelRoofline& m, Model& model, const std::string& model_path, double bandwidth) {
+  const auto bytes = static_cast<double>(m.bytes_per_token);
+  std::printf("model:                 %s (%s; weights: %s)\n", model_path.c_str(),
+              model_type_name(model.file()).c_str(), load_mode_name(model.file().load_mode()));
+  std::printf("weight bytes / token:  %.2f MiB (active parameters %.2f M of %.2f M)\n", bytes / (1024.0 * 1024.0),
+              static_cast<double>(model.active_parameter_count()) / 1e6,
               static_cast<double>(model.parameter_count()) / 1e6);
-  std::printf("%s:                 %.2f t/s median (%.3f ms/token), %d repetitions\n", tg.name.c_str(), tg.median_ts,
-              s_per_token * 1e3, o.reps);
-  std::printf("bandwidth limit:       %.2f t/s\n", bandwidth / static_cast<double>(bytes));
-  std::printf("achieved:              %.2f GB/s = %.1f%% of the measured bandwidth\n", achieved / 1e9, 100.0 * fraction);
-  std::printf("paired:                %.1f%% median (%.1f%% .. %.1f%%) of the bandwidth measured before each of %d "
+  std::printf("%s:                 %.2f t/s median (%.3f ms/token), %zu repetitions\n", m.tg.name.c_str(),
+              m.tg.median_ts, 1e3 / m.tg.median_ts, m.tg.tokens_per_s.size());
+  std::printf("bandwidth limit:       %.2f t/s\n", bandwidth / bytes);
+  std::printf("achieved:              %.2f GB/s = %.1f%% of the measured bandwidth\n", m.achieved / 1e9,
+              100.0 * m.fraction);
+  const auto by_fraction = [](const PairedRun& a, const PairedRun& b) { return a.fraction < b.fraction; };
+  const auto [lo, hi] = std::minmax_element(m.paired.begin(), m.paired.end(), by_fraction);
+  std::printf("paired:                %.1f%% median (%.1f%% .. %.1f%%) of the bandwidth measured before each of %zu "
               "repetitions (median %.2f GB/s)\n",
-              100.0 * paired_fraction, 100.0 * *std::min_element(fractions.begin(), fractions.end()),
-              100.0 * *std::max_element(fractions.begin(), fractions.end()), o.reps,
-              median(paired_bandwidths) / 1e9);
+              100.0 * m.paired_fraction, 100.0 * lo->fraction, 100.0 * hi->fraction, m.paired.size(),
+              m.paired_bandwidth / 1e9);
+}
+
+void add_model_json(const ModelRoofline& m, Model& model, const std::string& model_path, double bandwidth,
+                    nlohmann::json& j) {
   j["model"] = model_path;
   j["model_type"] = model_type_name(model.file());
   j["weights_load"] = load_mode_name(model.file().load_mode());
-  j["weight_bytes_per_token"] = bytes;
+  j["weight_bytes_per_token"] = m.bytes_per_token;
   j["n_params"] = model.parameter_count();
   j["n_active_params"] = model.active_parameter_count();
-  j["test"] = tg.name;
-  j["tg_median_ts"] = tg.median_ts;
-  j["tg_samples_ts"] = tg.tokens_per_s;
-  j["seconds_per_token"] = s_per_token;
-  j["bandwidth_limit_ts"] = bandwidth / static_cast<double>(bytes);
-  j["achieved_gbs"] = achieved / 1e9;
-  j["bandwidth_fraction"] = fraction;
-  j["paired_bandwidth_fraction"] = paired_fraction;
+  j["test"] = m.tg.name;
+  j["tg_median_ts"] = m.tg.median_ts;
+  j["tg_samples_ts"] = m.tg.tokens_per_s;
+  j["seconds_per_token"] = 1.0 / m.tg.median_ts;
+  j["bandwidth_limit_ts"] = bandwidth / static_cast<double>(m.bytes_per_token);
+  j["achieved_gbs"] = m.achieved / 1e9;
+  j["bandwidth_fraction"] = m.fraction;
+  j["paired_bandwidth_fraction"] = m.paired_fraction;
   nlohmann::json& runs = j["paired_runs"] = nlohmann::json::array();
-  for (const PairedRun& r : *paired) {
+  for (const PairedRun& r : m.paired) {
     runs.push_back({{"read_bandwidth_gbs", r.bandwidth / 1e9}, {"tg_ts", r.tokens_per_s}, {"fraction", r.fraction}});
   }
-  return 0;
 }
 
 int run(const RooflineOptions& o) {
@@ -229,8 +250,10 @@ int run(const RooflineOptions& o) {
               int8 / 1e9);
 
   if (model) {
-    const int status = report_model(*model, model_path, pool, o, bandwidth, &checksum, j);
-    if (status != 0) return status;
+    auto m = measure_model(*model, pool, o, bandwidth, &checksum);
+    if (!m) return fail(m.error().message);
+    print_model(*m, *model, model_path, bandwidth);
+    add_model_json(*m, *model, model_path, bandwidth, j);
   }
   if (!o.json.empty()) {
     std::ofstream f(o.json);

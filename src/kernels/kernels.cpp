@@ -929,7 +929,8 @@ HWY_INLINE Q4_KScalesX86 DecodeScalesX512(const BlockQ4_K& w) {
   const __m128i low = _mm_shuffle_epi8(s, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
   // Dword 3 takes the high nibbles of s[8..11] (a 16-bit shift, masked below).
   const __m128i nibbles = _mm_blend_epi32(low, _mm_srli_epi16(low, 4), 0b1000);
-  const __m128i low_bits = _mm_and_si128(nibbles, _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15));
+  const __m128i low_bits =
+      _mm_and_si128(nibbles, _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15));
   const __m128i top = _mm_shuffle_epi8(s, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
   const __m128i high_bits = _mm_srli_epi16(_mm_and_si128(top, _mm_set1_epi8(static_cast<char>(0xC0))), 2);
   const __m128i bytes = _mm_or_si128(low_bits, high_bits);
@@ -942,7 +943,8 @@ HWY_INLINE Q4_KScalesX86 DecodeScalesX512(const BlockQ4_K& w) {
 HWY_INLINE __m512i SplitScaleMask512(int a0, int b0, int a1, int b1) {
   const auto lane = [](int a, int b) {
     const auto pair = [](int j) { return static_cast<int16_t>((2 * j + 1) << 8 | 2 * j); };
-    return _mm256_broadcastsi128_si256(_mm_setr_epi16(pair(a), pair(a), pair(a), pair(a), pair(b), pair(b), pair(b), pair(b)));
+    return _mm256_broadcastsi128_si256(
+        _mm_setr_epi16(pair(a), pair(a), pair(a), pair(a), pair(b), pair(b), pair(b), pair(b)));
   };
   return _mm512_inserti64x4(_mm512_castsi256_si512(lane(a0, b0)), lane(a1, b1), 1);
 }
@@ -1001,8 +1003,7 @@ HWY_INLINE __m512i HalfCounts(int lo, int hi) {
                             1);
 }
 
-ENGRAM_PAIR_ATTR HWY_INLINE void SuperBlockStepX512(const BlockQ6_K& w, const BlockQ8_K& x, const PreparedQ6_K&,
-                                                    SuperBlockSums& sums) {
+HWY_INLINE void SuperBlockStepX512(const BlockQ6_K& w, const BlockQ8_K& x, const PreparedQ6_K&, SuperBlockSums& sums) {
   const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales)));
   const __m512i scales = _mm512_zextsi256_si512(sc16);
   // The -32 offset: 32 * sc[g] * bsums[g], pairs of groups per int32 lane.
@@ -1041,8 +1042,9 @@ struct PreparedK<BlockQ6_K> {
 // y[o - begin] = row o . x for rows [begin, end) of Q4_K or Q6_K weights.
 // Not inlined: it carries the VNNI attribute its callers lack.
 template <class Block>
-ENGRAM_PAIR_ATTR HWY_NOINLINE void MatVecSuperBlocksX512(const uint8_t* HWY_RESTRICT w, size_t row_size, const BlockQ8_K* HWY_RESTRICT x,
-                                      size_t nb, float* HWY_RESTRICT y, size_t begin, size_t end) {
+ENGRAM_PAIR_ATTR HWY_NOINLINE void MatVecSuperBlocksX512(const uint8_t* HWY_RESTRICT w, size_t row_size,
+                                                        const BlockQ8_K* HWY_RESTRICT x, size_t nb,
+                                                        float* HWY_RESTRICT y, size_t begin, size_t end) {
   using Prepared = typename PreparedK<Block>::type;
   thread_local std::vector<Prepared> prepared;
   prepared.resize(nb);
