@@ -10,6 +10,7 @@
 
 #include "quant/quant.h"
 #include "tensor/ggml_type.h"
+#include "util/splitmix.h"
 
 namespace engram {
 namespace {
@@ -149,23 +150,16 @@ void set_hyperparameters(gguf::Writer& w, const RandomModelSpec& s) {
 
 // ---- Random numbers -------------------------------------------------------------
 
-uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 // One row's values: uniform in [-a, a) with a = std * sqrt(3), so the
 // standard deviation is `std`. Seeded by (seed, tensor, row) so the result
 // does not depend on how rows are split among threads.
 void random_row(uint64_t seed, size_t tensor, int64_t row, float std, float* out, int64_t n) {
   uint64_t state = seed ^ (0xD1B54A32D192ED03ull * (tensor + 1)) ^ (0x8CB92BA72F3D8DD7ull * static_cast<uint64_t>(row));
-  splitmix64(state);
+  splitmix64_next(state);
   const float half_width = std * std::sqrt(3.f);
   const float to_unit = 2.f / 16777216.f;  // 24 random bits -> [0, 2)
   for (int64_t i = 0; i < n; i += 2) {
-    const uint64_t bits = splitmix64(state);
+    const uint64_t bits = splitmix64_next(state);
     out[i] = (static_cast<float>(bits & 0xFFFFFF) * to_unit - 1.f) * half_width;
     if (i + 1 < n) out[i + 1] = (static_cast<float>((bits >> 32) & 0xFFFFFF) * to_unit - 1.f) * half_width;
   }

@@ -81,6 +81,18 @@ TEST(Niah, TrialSeedsDifferPerCellAndTrial) {
   EXPECT_NE(niah_trial_seed(7, 1, 2, 3), niah_trial_seed(8, 1, 2, 3));
 }
 
+// More trials come from more seeds: runs with nearby base seeds must not
+// repeat each other's trials (seeds 12 and 14 once gave the same four).
+TEST(Niah, NearbyBaseSeedsShareNoTrials) {
+  std::set<uint64_t> seeds;
+  size_t n = 0;
+  for (uint64_t base = 0; base < 32; ++base)
+    for (size_t l = 0; l < 3; ++l)
+      for (size_t d = 0; d < 5; ++d)
+        for (int t = 0; t < 8; ++t, ++n) seeds.insert(niah_trial_seed(base, l, d, t));
+  EXPECT_EQ(seeds.size(), n);
+}
+
 TEST(Niah, HeatmapColoursCellsRedToGreen) {
   uint8_t red[3], green[3], mid[3];
   accuracy_color(0.0, red);
