@@ -53,7 +53,7 @@ struct Cell {
   double decode_seconds = 0;
   double bytes_per_token_sum = 0;
   uint64_t peak_rss = 0;
-  std::vector<std::string> failures;  // "expected 482, got 417." (first few)
+  std::vector<std::string> failures;  // "key k at token 9000 of 65536: expected 482, got '417.'" (first few)
 
   double accuracy() const { return trials ? static_cast<double>(correct) / trials : 0; }
   double prefill_tps() const { return prefill_seconds > 0 ? static_cast<double>(prompt_tokens) / prefill_seconds : 0; }
@@ -148,8 +148,11 @@ int run(NiahOptions& o) {
           cell.decode_seconds += r->decode_seconds;
           cell.bytes_per_token_sum += static_cast<double>(r->memory_bytes) / static_cast<double>(r->n_prompt);
           if (!r->correct && cell.failures.size() < 3) {
-            cell.failures.push_back("key " + trial->key + ": expected " + trial->answer + ", got '" + r->generated +
-                                    "'");
+            // Where the needle sat (token index of the prompt) tells a
+            // retrieval miss from a block boundary cutting the needle.
+            cell.failures.push_back("key " + trial->key + " at token " + std::to_string(trial->target_position) +
+                                    " of " + std::to_string(r->n_prompt) + ": expected " + trial->answer +
+                                    ", got '" + r->generated + "'");
           }
         }
         cell.peak_rss = peak_rss_bytes();
