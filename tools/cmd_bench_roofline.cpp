@@ -26,17 +26,22 @@ struct RooflineOptions {
   LoadMode load = LoadMode::kAuto;
 };
 
-// Best read bandwidth (bytes/s) over `runs` passes: each thread sums its own
-// contiguous slice of `words`, a buffer much larger than the last-level cache.
-double measure_bandwidth(ThreadPool& pool, uint64_t* words, size_t n_words, int runs, uint64_t* checksum) {
+// Touches every word of the buffer from the thread that reads that slice
+// later (NUMA-friendly first touch), so no pass pays for page faults.
+void touch_slices(ThreadPool& pool, uint64_t* words, size_t n_words) {
   const size_t n_threads = static_cast<size_t>(pool.size());
-  // First touch by the thread that reads the slice later (NUMA-friendly).
   pool.parallel_for(n_threads, [&](size_t begin, size_t end, int) {
     for (size_t t = begin; t < end; ++t) {
       const size_t lo = n_words * t / n_threads, hi = n_words * (t + 1) / n_threads;
       for (size_t i = lo; i < hi; ++i) words[i] = i;
     }
   });
+}
+
+// Best read bandwidth (bytes/s) over `runs` passes: each thread sums its own
+// contiguous slice of `words`, a buffer much larger than the last-level cache.
+double measure_bandwidth(ThreadPool& pool, const uint64_t* words, size_t n_words, int runs, uint64_t* checksum) {
+  const size_t n_threads = static_cast<size_t>(pool.size());
   std::vector<uint64_t> sums(n_threads, 0);
   double best = 0;
   for (int r = 0; r < runs; ++r) {
@@ -59,20 +64,35 @@ struct Bandwidth {
   double best() const { return std::max(small_pages, huge_pages); }
 };
 
-// Both page sizes, one buffer at a time: weights loaded with --load mmap see
-// the first, --load copy the second.
-Expected<Bandwidth> measure_bandwidths(ThreadPool& pool, size_t bytes, int runs, uint64_t* checksum) {
-  const size_t n_words = bytes / sizeof(uint64_t);
-  Bandwidth b;
-  {
-    std::unique_ptr<uint64_t[]> words(new uint64_t[n_words]);
-    b.small_pages = measure_bandwidth(pool, words.get(), n_words, runs, checksum);
+// Two read buffers, one per page size (weights loaded with --load mmap see
+// the first, --load copy the second), allocated and touched once: the
+// paired runs measure again before every generation repetition.
+class BandwidthProbe {
+ public:
+  static Expected<BandwidthProbe> create(ThreadPool& pool, size_t bytes) {
+    BandwidthProbe p;
+    p.n_words_ = bytes / sizeof(uint64_t);
+    p.small_.reset(new uint64_t[p.n_words_]);
+    Expected<HugePageBuffer> huge = HugePageBuffer::allocate(p.n_words_ * sizeof(uint64_t));
+    if (!huge) return make_error("bench roofline: bandwidth buffer: ", huge.error().message);
+    p.huge_ = std::move(*huge);
+    touch_slices(pool, p.small_.get(), p.n_words_);
+    touch_slices(pool, p.huge_words(), p.n_words_);
+    return p;
   }
-  Expected<HugePageBuffer> huge = HugePageBuffer::allocate(n_words * sizeof(uint64_t));
-  if (!huge) return make_error("bench roofline: bandwidth buffer: ", huge.error().message);
-  b.huge_pages = measure_bandwidth(pool, reinterpret_cast<uint64_t*>(huge->data()), n_words, runs, checksum);
-  return b;
-}
+
+  Bandwidth measure(ThreadPool& pool, int runs, uint64_t* checksum) const {
+    return {measure_bandwidth(pool, small_.get(), n_words_, runs, checksum),
+            measure_bandwidth(pool, huge_words(), n_words_, runs, checksum)};
+  }
+
+ private:
+  uint64_t* huge_words() const { return reinterpret_cast<uint64_t*>(huge_.data()); }
+
+  size_t n_words_ = 0;
+  std::unique_ptr<uint64_t[]> small_;
+  HugePageBuffer huge_;
+};
 
 // Best operations/s of `loop` run on every thread at once, over 3 runs.
 template <class Loop>
@@ -104,15 +124,15 @@ struct PairedRun {
 };
 
 Expected<std::vector<PairedRun>> measure_paired(Model& model, ThreadPool& pool, const RooflineOptions& o,
-                                                uint64_t bytes_per_token, uint64_t* checksum) {
+                                                const BandwidthProbe& probe, uint64_t bytes_per_token,
+                                                uint64_t* checksum) {
   std::vector<PairedRun> runs;
   for (int r = 0; r < o.reps; ++r) {
-    Expected<Bandwidth> bw = measure_bandwidths(pool, static_cast<size_t>(o.buffer_mib) << 20, o.runs, checksum);
-    if (!bw) return make_error(bw.error().message);
+    const Bandwidth bw = probe.measure(pool, o.runs, checksum);
     auto tests = measure_speed(model, pool, 0, o.n_gen, 1, 1, 42 + static_cast<uint64_t>(r));
     if (!tests) return make_error(tests.error().message);
     PairedRun run;
-    run.bandwidth = bw->best();
+    run.bandwidth = bw.best();
     run.tokens_per_s = tests->front().median_ts;
     run.fraction = static_cast<double>(bytes_per_token) * run.tokens_per_s / run.bandwidth;
     runs.push_back(run);
@@ -132,8 +152,8 @@ struct ModelRoofline {
   double paired_fraction = 0, paired_bandwidth = 0;  // medians over `paired`
 };
 
-Expected<ModelRoofline> measure_model(Model& model, ThreadPool& pool, const RooflineOptions& o, double bandwidth,
-                                      uint64_t* checksum) {
+Expected<ModelRoofline> measure_model(Model& model, ThreadPool& pool, const RooflineOptions& o,
+                                      const BandwidthProbe& probe, double bandwidth, uint64_t* checksum) {
   auto tests = measure_speed(model, pool, 0, o.n_gen, o.reps, 1, 42);
   if (!tests) return make_error(tests.error().message);
   ModelRoofline m;
@@ -141,7 +161,7 @@ Expected<ModelRoofline> measure_model(Model& model, ThreadPool& pool, const Roof
   m.bytes_per_token = weight_bytes_per_token(model.file());
   m.achieved = static_cast<double>(m.bytes_per_token) * m.tg.median_ts;
   m.fraction = m.achieved / bandwidth;
-  auto paired = measure_paired(model, pool, o, m.bytes_per_token, checksum);
+  auto paired = measure_paired(model, pool, o, probe, m.bytes_per_token, checksum);
   if (!paired) return make_error(paired.error().message);
   m.paired = std::move(*paired);
   std::vector<double> fractions, bandwidths;
@@ -213,9 +233,10 @@ int run(const RooflineOptions& o) {
   ThreadPool pool(o.threads);
 
   uint64_t checksum = 0;
-  Expected<Bandwidth> bandwidths = measure_bandwidths(pool, static_cast<size_t>(o.buffer_mib) << 20, o.runs, &checksum);
-  if (!bandwidths) return fail(bandwidths.error().message);
-  const double bandwidth = bandwidths->best();
+  Expected<BandwidthProbe> probe = BandwidthProbe::create(pool, static_cast<size_t>(o.buffer_mib) << 20);
+  if (!probe) return fail(probe.error().message);
+  const Bandwidth bandwidths = probe->measure(pool, o.runs, &checksum);
+  const double bandwidth = bandwidths.best();
   volatile float keep_f = 0;
   volatile int32_t keep_i = 0;
   const double fma = measure_peak(pool, 20'000'000, [&](size_t rounds) {
@@ -234,8 +255,8 @@ int run(const RooflineOptions& o) {
   j["kernel_target"] = kernels::active_target();
   j["buffer_bytes"] = static_cast<uint64_t>(o.buffer_mib) << 20;
   j["read_bandwidth_gbs"] = bandwidth / 1e9;
-  j["read_bandwidth_small_pages_gbs"] = bandwidths->small_pages / 1e9;
-  j["read_bandwidth_huge_pages_gbs"] = bandwidths->huge_pages / 1e9;
+  j["read_bandwidth_small_pages_gbs"] = bandwidths.small_pages / 1e9;
+  j["read_bandwidth_huge_pages_gbs"] = bandwidths.huge_pages / 1e9;
   j["huge_pages_available"] = huge_pages_available();
   j["fp32_fma_gflops"] = fma / 1e9;
   j["int8_madd_gops"] = int8 / 1e9;
@@ -243,14 +264,14 @@ int run(const RooflineOptions& o) {
   std::printf("memory read bandwidth: %.2f GB/s (best of %d passes over %d MiB; checksum %llu)\n", bandwidth / 1e9,
               o.runs, o.buffer_mib, static_cast<unsigned long long>(checksum % 1000));
   std::printf("  by page size:        %.2f GB/s small pages, %.2f GB/s huge pages (transparent huge pages %s)\n",
-              bandwidths->small_pages / 1e9, bandwidths->huge_pages / 1e9,
+              bandwidths.small_pages / 1e9, bandwidths.huge_pages / 1e9,
               huge_pages_available() ? "available" : "unavailable");
   std::printf("fp32 FMA peak:         %.1f GFLOP/s\n", fma / 1e9);
   std::printf("int8 multiply-add:     %.1f GOP/s (int16 widening multiply-add, as the quantized dot products)\n",
               int8 / 1e9);
 
   if (model) {
-    auto m = measure_model(*model, pool, o, bandwidth, &checksum);
+    auto m = measure_model(*model, pool, o, *probe, bandwidth, &checksum);
     if (!m) return fail(m.error().message);
     print_model(*m, *model, model_path, bandwidth);
     add_model_json(*m, *model, model_path, bandwidth, j);
