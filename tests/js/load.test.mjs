@@ -1,6 +1,10 @@
 // Load: 64 concurrent streaming clients against --parallel 8. No response is
 // lost or duplicated, the ledger's token sums equal what the clients saw, and
-// batched decoding beats the same requests sent one at a time.
+// the server decoded them in shared forward passes (its /metrics counters say
+// so). The throughput against the same requests sent one at a time is printed,
+// not asserted: on a shared 2-core CI machine the node clients and the server
+// compete for the cores, and with the tiny test model the wall-clock ratio
+// measured anywhere from 0.94x to well above 1x.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
@@ -78,7 +82,26 @@ function checkResult(r) {
 
 const sum = (rs, f) => rs.reduce((s, r) => s + r.usage[f], 0);
 
-test(`load: ${CLIENTS} concurrent streams, ledger equality, batched faster than sequential`,
+// The server's Prometheus counters, by name (labels dropped: one model).
+async function metrics() {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  const values = {};
+  for (const line of text.split('\n')) {
+    const m = line.match(/^([a-z_:]+)(?:\{[^}]*\})?\s+(\S+)$/i);
+    if (m) values[m[1]] = Number(m[2]);
+  }
+  return values;
+}
+
+// Forward passes and generated tokens between two metrics snapshots.
+function decodeWork(before, after) {
+  const steps = after['engram:batch_steps_total'] - before['engram:batch_steps_total'];
+  const tokens = after['vllm:generation_tokens_total'] - before['vllm:generation_tokens_total'];
+  assert.ok(Number.isFinite(steps) && Number.isFinite(tokens), '/metrics has the step and token counters');
+  return { steps, tokens, perStep: tokens / steps };
+}
+
+test(`load: ${CLIENTS} concurrent streams, ledger equality, decoded in shared batches`,
   { skip, timeout: 60000 }, async () => {
     // Warm-up, not measured (but checked): a first round of CLIENTS streams
     // maps the model in and lets node and the server open their connections
@@ -87,9 +110,11 @@ test(`load: ${CLIENTS} concurrent streams, ledger equality, batched faster than 
     const warm = await Promise.all(Array.from({ length: CLIENTS }, (_, i) => streamOne(1000 + i)));
     warm.forEach(checkResult);
 
+    const m0 = await metrics();
     const t0 = performance.now();
     const concurrent = await Promise.all(Array.from({ length: CLIENTS }, (_, i) => streamOne(i)));
     const concurrentMs = performance.now() - t0;
+    const m1 = await metrics();
     assert.equal(concurrent.length, CLIENTS, 'every client finished');
     concurrent.forEach(checkResult);
     const ids = new Set(concurrent.map((r) => [...r.ids][0]));
@@ -102,6 +127,7 @@ test(`load: ${CLIENTS} concurrent streams, ledger equality, batched faster than 
     const sequential = [];
     for (let i = 0; i < SEQUENTIAL; i++) sequential.push(await streamOne(CLIENTS + i));
     const sequentialMs = performance.now() - t1;
+    const m2 = await metrics();
     sequential.forEach(checkResult);
 
     const concurrentTps = sum(concurrent, 'completion_tokens') / (concurrentMs / 1000);
@@ -110,7 +136,11 @@ test(`load: ${CLIENTS} concurrent streams, ledger equality, batched faster than 
       `${concurrentMs.toFixed(0)} ms = ${concurrentTps.toFixed(1)} tokens/s`);
     console.log(`# load: ${SEQUENTIAL} sequential streams: ${sum(sequential, 'completion_tokens')} tokens in ` +
       `${sequentialMs.toFixed(0)} ms = ${sequentialTps.toFixed(1)} tokens/s ` +
-      `(speed-up ${(concurrentTps / sequentialTps).toFixed(2)}x)`);
+      `(speed-up ${(concurrentTps / sequentialTps).toFixed(2)}x, printed, not asserted)`);
+    const batched = decodeWork(m0, m1), alone = decodeWork(m1, m2);
+    console.log(`# load: concurrent phase ${batched.tokens} tokens in ${batched.steps} forward passes ` +
+      `(${batched.perStep.toFixed(2)} per pass); sequential phase ${alone.tokens} in ${alone.steps} ` +
+      `(${alone.perStep.toFixed(2)} per pass); most sequences in one pass: ${m2['engram:max_sequences_per_step']}`);
 
     // The ledger holds one row per request, written before the answer is released.
     const all = [...warm, ...concurrent, ...sequential];
@@ -123,6 +153,13 @@ test(`load: ${CLIENTS} concurrent streams, ledger equality, batched faster than 
     assert.equal(ledger.completion_tokens, sum(all, 'completion_tokens'));
     assert.equal(ledger.cached_tokens, all.reduce((s, r) => s + (r.usage.prompt_tokens_details?.cached_tokens ?? 0), 0));
 
-    assert.ok(concurrentTps > sequentialTps,
-      `batched decoding (${concurrentTps.toFixed(1)} tokens/s) beats one at a time (${sequentialTps.toFixed(1)} tokens/s)`);
+    // Batching, checked by counting work rather than timing it: one at a time
+    // a pass decodes at most one token; with 64 requests queued on 8 slots the
+    // slots stay full, so passes carry several tokens each (8 at best; the
+    // bound leaves room for prompt passes and for slots refilling late).
+    assert.equal(batched.tokens, CLIENTS * MAX_TOKENS, 'the concurrent phase generated every token');
+    assert.ok(alone.perStep <= 1, `one stream at a time decodes one token per pass (${alone.perStep.toFixed(2)})`);
+    assert.ok(batched.perStep >= 3,
+      `concurrent streams share forward passes: ${batched.perStep.toFixed(2)} tokens per pass (want >= 3)`);
+    assert.equal(m2['engram:max_sequences_per_step'], 8, 'some pass ran all 8 slots together');
   });
