@@ -945,13 +945,13 @@ TEST_F(HttpFake, StreamingClientThatGoesAwayIsCancelledAndBilledForWhatRan) {
   const std::string got = c.read_until("data: ", 4);  // the role chunk and three tokens
   ASSERT_NE(got.find("HTTP/1.1 200"), std::string::npos) << got;
   c.close();
-  const auto t0 = std::chrono::steady_clock::now();
   const auto rows = h->wait_rows(1);
   ASSERT_EQ(rows.size(), 1u);
   EXPECT_EQ(rows[0].finish, "cancelled");
   EXPECT_GE(rows[0].completion, 3);
-  EXPECT_LT(rows[0].completion, 50);  // stopped soon after the client left, not at 90
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1500ms);
+  // Stopped soon after the client left, not at 90. Counted in tokens, not
+  // timed: a wall-clock bound adds nothing here and flakes on a busy machine.
+  EXPECT_LT(rows[0].completion, 50);
   EXPECT_EQ(rows[0].prompt, static_cast<int64_t>(plain_chat_prompt("Tell me a long story").size()));
   // The server goes on serving.
   EXPECT_EQ(h->post("/v1/chat/completions", chat_body("hi", 1))->status, 200);
