@@ -822,6 +822,14 @@ HWY_INLINE __m256i MinSumsX86(__m128i m16, const BlockQ8_K& x) {
   return _mm256_madd_epi16(LoadBytes(x.bsums), m_pairs);
 }
 
+// A half-precision block scale times the activations' scale, in every lane:
+// a broadcast half, one conversion, one multiply, where the scalar route
+// (convert, multiply, broadcast) took seven instructions in kernels bound by
+// their instruction count.
+HWY_INLINE __m256 ScaleX86(uint16_t half, float x_scale) {
+  return _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16(static_cast<int16_t>(half))), _mm256_set1_ps(x_scale));
+}
+
 // Q4_K: acc += d * sum_j sc[j] (q . xq)_j - dmin * sum_j m[j] sum(xq)_j, the
 // integer sums exact in int32 lanes (as the generic SuperBlockDot).
 HWY_INLINE __m256 SuperBlockDotX86(const BlockQ4_K& w, const BlockQ8_K& x, __m256 acc) {
@@ -837,8 +845,8 @@ HWY_INLINE __m256 SuperBlockDotX86(const BlockQ4_K& w, const BlockQ8_K& x, __m25
     sums = _mm256_add_epi32(sums, _mm256_madd_epi16(p0, _mm256_shuffle_epi8(scales, BroadcastI16Mask(2 * c, 2 * c))));
     sums = _mm256_add_epi32(sums, _mm256_madd_epi16(p1, _mm256_shuffle_epi8(scales, BroadcastI16Mask(2 * c + 1, 2 * c + 1))));
   }
-  acc = _mm256_fmadd_ps(_mm256_set1_ps(HalfToF32X86(w.d) * x.d), _mm256_cvtepi32_ps(sums), acc);
-  return _mm256_fnmadd_ps(_mm256_set1_ps(HalfToF32X86(w.dmin) * x.d), _mm256_cvtepi32_ps(mins), acc);
+  acc = _mm256_fmadd_ps(ScaleX86(w.d, x.d), _mm256_cvtepi32_ps(sums), acc);
+  return _mm256_fnmadd_ps(ScaleX86(w.dmin, x.d), _mm256_cvtepi32_ps(mins), acc);
 }
 
 // Q6_K: acc += d * sum_g sc[g] ((q . xq)_g - 32 sum(xq)_g) with q in [0, 63]
@@ -865,7 +873,7 @@ HWY_INLINE __m256 SuperBlockDotX86(const BlockQ6_K& w, const BlockQ8_K& x, __m25
     }
   }
   sums = _mm256_sub_epi32(sums, _mm256_slli_epi32(bias, 5));
-  return _mm256_fmadd_ps(_mm256_set1_ps(HalfToF32X86(w.d) * x.d), _mm256_cvtepi32_ps(sums), acc);
+  return _mm256_fmadd_ps(ScaleX86(w.d, x.d), _mm256_cvtepi32_ps(sums), acc);
 }
 
 template <class Block>
@@ -954,10 +962,7 @@ HWY_INLINE __m512i SplitScaleMask512(int a0, int b0, int a1, int b1) {
   return _mm512_inserti64x4(_mm512_castsi256_si512(lane(a0, b0)), lane(a1, b1), 1);
 }
 
-// A half-precision block scale times the activations' scale, in every lane:
-// a broadcast half, one conversion, one multiply, where the scalar route
-// (convert, multiply, broadcast) took seven instructions in kernels bound by
-// their instruction count.
+// ScaleX86 in 16 lanes.
 HWY_INLINE __m512 ScaleX512(uint16_t half, float x_scale) {
   return _mm512_mul_ps(_mm512_cvtph_ps(_mm256_set1_epi16(static_cast<int16_t>(half))), _mm512_set1_ps(x_scale));
 }
