@@ -53,6 +53,7 @@
 #undef ENGRAM_GEMM_AVX512
 #undef ENGRAM_GEMM_VNNI
 #undef ENGRAM_VNNI_ATTR
+#undef ENGRAM_BF16_ATTR
 // AVX3_DL (Ice Lake, Zen 4 and later; built because CMake defines
 // HWY_WANT_AVX3_DL for this file) adds AVX-512 VNNI.
 #if HWY_ARCH_X86 && HWY_TARGET == HWY_AVX3_DL
@@ -217,6 +218,171 @@ void GemmF32Impl(const float* w, size_t ldw, size_t n_rows, const float* x, size
       if (n == 0) break;
     }
   }
+}
+
+// ---- BF16 weights x bf16 activations (AVX512_BF16) ----
+//
+// vdpbf16ps takes 32 bf16 pairs into 16 float lanes, lane j += a[2j] * b[2j]
+// + a[2j + 1] * b[2j + 1] (each product exact in float): twice the work of a
+// float FMA per instruction, and the weights need no widening. The panel is
+// packed as pairs, panel[p * kBF16PanelRows + r] = elements (2p, 2p + 1) of
+// row r as one 32-bit word, and a tile accumulates acc[t][v] += pairs of
+// rows v * 16 .. v * 16 + 15 . broadcast(pair p of token t), the float
+// kernel's outer product. AVX3_DL (Zen 4 and later, Sapphire Rapids) builds
+// it; a run-time check skips CPUs of that target without AVX512_BF16.
+
+#if ENGRAM_GEMM_VNNI
+#define ENGRAM_BF16_ATTR __attribute__((target("avx512bf16")))
+
+constexpr size_t kBF16PanelRows = 32;     // two vectors of 16 float lanes
+constexpr size_t kBF16Tokens = 12;        // 24 accumulators, 2 weight vectors, a broadcast
+constexpr size_t kBF16ChunkPairs = 512;   // 64 KiB of packed panel: stays in L2
+
+HWY_INLINE bool CpuHasBF16Dot() {
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has;
+}
+
+// In place: r[j] = column j of the 16 x 16 matrix of 32-bit words whose
+// row i was r[i]. Pairs within 128-bit lanes, then quads, then the lanes.
+HWY_INLINE void Transpose16x16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  // r[4i + e], 128-bit lane L: rows 4i .. 4i + 3 of column 4L + e.
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  __m512i out[16];
+  for (int e = 0; e < 4; ++e) {
+    const __m512i ab_low = _mm512_shuffle_i32x4(r[e], r[4 + e], 0x44);  // lanes 0, 1 of each
+    const __m512i ab_high = _mm512_shuffle_i32x4(r[e], r[4 + e], 0xEE);
+    const __m512i cd_low = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0x44);
+    const __m512i cd_high = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0xEE);
+    out[e] = _mm512_shuffle_i32x4(ab_low, cd_low, 0x88);
+    out[4 + e] = _mm512_shuffle_i32x4(ab_low, cd_low, 0xDD);
+    out[8 + e] = _mm512_shuffle_i32x4(ab_high, cd_high, 0x88);
+    out[12 + e] = _mm512_shuffle_i32x4(ab_high, cd_high, 0xDD);
+  }
+  for (int j = 0; j < 16; ++j) r[j] = out[j];
+}
+
+// panel[p * kBF16PanelRows + r] = elements k0 + 2p, k0 + 2p + 1 of row r
+// (at w + r * ldw) for p < np; zero past nr rows and past the row's n
+// elements. Whole 16-row groups go 16 pairs at a time through a transpose.
+HWY_INLINE void PackBF16Panel(const uint16_t* HWY_RESTRICT w, size_t ldw, size_t nr, size_t k0, size_t np,
+                              size_t n, uint32_t* HWY_RESTRICT panel) {
+  const size_t left = n - k0;
+  const size_t whole = std::min(np, left / 2) / 16 * 16;  // pairs every full group can transpose
+  for (size_t r0 = 0; r0 < kBF16PanelRows; r0 += 16) {
+    size_t p = 0;
+    if (r0 + 16 <= nr) {
+      for (; p < whole; p += 16) {
+        __m512i rows[16];
+        for (size_t i = 0; i < 16; ++i) rows[i] = _mm512_loadu_si512(w + (r0 + i) * ldw + k0 + 2 * p);
+        Transpose16x16(rows);
+        for (size_t j = 0; j < 16; ++j) _mm512_store_si512(panel + (p + j) * kBF16PanelRows + r0, rows[j]);
+      }
+    }
+    for (size_t r = r0; r < r0 + 16; ++r) {
+      uint32_t* dst = panel + r;
+      const uint16_t* src = w + r * ldw + k0;
+      for (size_t q = p; q < np; ++q) {
+        const uint32_t low = r < nr && 2 * q < left ? src[2 * q] : 0;
+        const uint32_t high = r < nr && 2 * q + 1 < left ? src[2 * q + 1] : 0;
+        dst[q * kBF16PanelRows] = low | high << 16;
+      }
+    }
+  }
+}
+
+struct BF16Kernel {
+  // y[t * ldy + r] (+)= sum_{p<np} panel pair p of row r . (x[t * ldx +
+  // 2p], x[t * ldx + 2p + 1]) for t < T, r < nr; adds to y when `accumulate`
+  // (a later chunk). ldx is even.
+  using TileFn = void (*)(const uint32_t*, size_t, const uint16_t*, size_t, float*, size_t, size_t, bool);
+
+  template <size_t T>
+  static ENGRAM_BF16_ATTR HWY_NOINLINE void Tile(const uint32_t* HWY_RESTRICT panel, size_t np,
+                                                 const uint16_t* HWY_RESTRICT x, size_t ldx, float* HWY_RESTRICT y,
+                                                 size_t ldy, size_t nr, bool accumulate) {
+    __m512 acc[T][2];
+    for (size_t t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+    for (size_t p = 0; p < np; ++p) {
+      const auto w0 = reinterpret_cast<__m512bh>(_mm512_load_si512(panel + p * kBF16PanelRows));
+      const auto w1 = reinterpret_cast<__m512bh>(_mm512_load_si512(panel + p * kBF16PanelRows + 16));
+      for (size_t t = 0; t < T; ++t) {
+        int32_t pair;
+        std::memcpy(&pair, x + t * ldx + 2 * p, sizeof pair);
+        const auto xb = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair));
+        acc[t][0] = _mm512_dpbf16_ps(acc[t][0], w0, xb);
+        acc[t][1] = _mm512_dpbf16_ps(acc[t][1], w1, xb);
+      }
+    }
+    for (size_t t = 0; t < T; ++t) {
+      for (size_t v = 0; v < 2 && v * 16 < nr; ++v) {
+        const size_t count = std::min<size_t>(16, nr - v * 16);
+        const auto mask = static_cast<__mmask16>((1u << count) - 1);
+        float* dst = y + t * ldy + v * 16;
+        const __m512 sum = accumulate ? _mm512_add_ps(acc[t][v], _mm512_maskz_loadu_ps(mask, dst)) : acc[t][v];
+        _mm512_mask_storeu_ps(dst, mask, sum);
+      }
+    }
+  }
+};
+
+template <size_t... I>
+constexpr auto MakeBF16Tiles(std::index_sequence<I...>) {
+  return std::array<BF16Kernel::TileFn, sizeof...(I)>{&BF16Kernel::template Tile<I + 1>...};
+}
+#endif  // ENGRAM_GEMM_VNNI
+
+// Whether GemmBF16Impl runs here: AVX3_DL on a CPU with AVX512_BF16.
+bool HasBF16DotImpl() {
+#if ENGRAM_GEMM_VNNI
+  return CpuHasBF16Dot();
+#else
+  return false;
+#endif
+}
+
+// 32-bit words of scratch GemmBF16Impl needs (one packed panel chunk).
+size_t GemmBF16ScratchImpl() {
+#if ENGRAM_GEMM_VNNI
+  return kBF16ChunkPairs * kBF16PanelRows;
+#else
+  return 0;
+#endif
+}
+
+// y[t * ldy + r] = sum_i w[r * ldw + i] * x[t * ldx + i] for r < n_rows,
+// t < n_tokens, i < n (bf16 weights and activations, float sums). ldx is
+// even; an odd n's activation rows end in a zero pad. scratch:
+// GemmBF16ScratchImpl() words, 64-byte aligned. Requires HasBF16DotImpl().
+void GemmBF16Impl(const uint16_t* w, size_t ldw, size_t n_rows, const uint16_t* x, size_t ldx, size_t n_tokens,
+                  size_t n, float* y, size_t ldy, uint32_t* scratch) {
+#if ENGRAM_GEMM_VNNI
+  static constexpr auto kTiles = MakeBF16Tiles(std::make_index_sequence<kBF16Tokens>());
+  const size_t pairs = (n + 1) / 2;
+  for (size_t r0 = 0; r0 < n_rows; r0 += kBF16PanelRows) {
+    const size_t nr = std::min(kBF16PanelRows, n_rows - r0);
+    for (size_t p0 = 0; p0 < pairs; p0 += kBF16ChunkPairs) {
+      const size_t np = std::min(kBF16ChunkPairs, pairs - p0);
+      PackBF16Panel(w + r0 * ldw, ldw, nr, 2 * p0, np, n, scratch);
+      for (size_t t0 = 0; t0 < n_tokens; t0 += kBF16Tokens) {
+        const size_t nt = std::min(kBF16Tokens, n_tokens - t0);
+        kTiles[nt - 1](scratch, np, x + t0 * ldx + 2 * p0, ldx, y + t0 * ldy + r0, ldy, nr, p0 > 0);
+      }
+    }
+  }
+#else
+  (void)w, (void)ldw, (void)n_rows, (void)x, (void)ldx, (void)n_tokens, (void)n, (void)y, (void)ldy, (void)scratch;
+#endif
 }
 
 // ---- Quantized weights x Q8 activations (x86 with AVX2) ----
@@ -1118,6 +1284,9 @@ namespace engram::kernels {
 HWY_EXPORT(GemmF32Impl);
 HWY_EXPORT(GemmF32ScratchImpl);
 HWY_EXPORT(GemmQ8Impl);
+HWY_EXPORT(GemmBF16Impl);
+HWY_EXPORT(GemmBF16ScratchImpl);
+HWY_EXPORT(HasBF16DotImpl);
 
 namespace {
 
@@ -1199,6 +1368,28 @@ void gemm_quantized(const TensorView& W, const float* x, float* y, size_t nt, Th
   }, kRowGrain);
 }
 
+// BF16 weights on a CPU with bf16 dot products: the activations rounded to
+// bf16 once, the weights packed straight from the file.
+// False (nothing done) on other CPUs.
+bool gemm_bf16(const TensorView& W, const float* x, float* y, size_t nt, ThreadPool& pool) {
+  if (!HWY_DYNAMIC_DISPATCH(HasBF16DotImpl)()) return false;
+  const size_t ni = static_cast<size_t>(W.ne[0]);
+  const size_t no = static_cast<size_t>(W.ne[1]);
+  const size_t ldx = (ni + 1) / 2 * 2;
+  std::vector<uint16_t> x_bf16(nt * ldx, 0);  // [nt][ldx]: an odd row ends in a zero pad
+  pool.parallel_for(nt, [&](size_t begin, size_t end, int) {
+    for (size_t t = begin; t < end; ++t) f32_to_bf16(x + t * ni, x_bf16.data() + t * ldx, ni);
+  });
+  const auto* w = static_cast<const uint16_t*>(W.data);
+  const size_t scratch_words = HWY_DYNAMIC_DISPATCH(GemmBF16ScratchImpl)();
+  pool.parallel_for(no, [&](size_t begin, size_t end, int) {
+    const auto panel = hwy::AllocateAligned<uint32_t>(scratch_words);
+    HWY_DYNAMIC_DISPATCH(GemmBF16Impl)(w + begin * ni, ni, end - begin, x_bf16.data(), ldx, nt, ni, y + begin, no,
+                                       panel.get());
+  }, kFloatPanel);
+  return true;
+}
+
 void gemm_float(const TensorView& W, const float* x, float* y, size_t nt, ThreadPool& pool) {
   const size_t ni = static_cast<size_t>(W.ne[0]);
   const size_t no = static_cast<size_t>(W.ne[1]);
@@ -1255,6 +1446,12 @@ void gemm(const TensorView& W, const float* x, float* y, int n_tokens, ThreadPoo
   const size_t nt = static_cast<size_t>(n_tokens);
   if (activation_type(W.type, W.ne[0]) != GgmlType::F32) {
     gemm_quantized(W, x, y, nt, pool);
+  } else if (W.type == GgmlType::BF16) {
+    if (gemm_bf16(W, x, y, nt, pool)) return;
+    // bf16 activations on every CPU (see matmul), widened back to float here.
+    std::vector<float> rounded(nt * static_cast<size_t>(W.ne[0]));
+    round_to_bf16(x, rounded.data(), rounded.size());
+    gemm_float(W, rounded.data(), y, nt, pool);
   } else {
     gemm_float(W, x, y, nt, pool);
   }

@@ -266,6 +266,37 @@ void F32ToF16Impl(const float* src, uint16_t* dst, size_t n) {
   });
 }
 
+// v rounded to bfloat16 as quant's fp32_to_bf16 (nearest, ties to even; a
+// NaN stays a NaN, made quiet): the bf16 bits in the high half of each lane,
+// zeros in the low half.
+template <class D>
+HWY_INLINE hn::Vec<hn::RebindToUnsigned<D>> RoundedBF16Bits(D d, hn::Vec<D> v) {
+  const hn::RebindToUnsigned<D> du;
+  const auto bits = hn::BitCast(du, v);
+  const auto high = hn::Set(du, 0xFFFF0000u);
+  const auto lsb = hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u));
+  const auto rounded = hn::And(hn::Add(bits, hn::Add(hn::Set(du, 0x7FFFu), lsb)), high);
+  const auto quiet_nan = hn::Or(hn::And(bits, high), hn::Set(du, 0x00400000u));
+  return hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), quiet_nan, rounded);
+}
+
+// dst[0..n) = src rounded to bfloat16 precision, kept as float. May run in place.
+void RoundToBF16Impl(const float* src, float* dst, size_t n) {
+  ForEachVector(n, [&](auto d, size_t i) {
+    hn::StoreU(hn::BitCast(d, RoundedBF16Bits(d, hn::LoadU(d, src + i))), d, dst + i);
+  });
+}
+
+// dst[0..n) = src rounded to bfloat16 bits.
+void F32ToBF16Impl(const float* src, uint16_t* dst, size_t n) {
+  ForEachVector(n, [&](auto d, size_t i) {
+    const hn::RebindToSigned<decltype(d)> di;
+    const hn::Rebind<uint16_t, decltype(d)> d16;
+    const auto bf16 = hn::BitCast(di, hn::ShiftRight<16>(RoundedBF16Bits(d, hn::LoadU(d, src + i))));
+    hn::StoreU(hn::DemoteTo(d16, bf16), d16, dst + i);
+  });
+}
+
 // ---- Integer dot products with Q8_0 activations ----
 //
 // As llama.cpp does for Q8_0 and Q4_0 weights, the activation row is first
@@ -1257,6 +1288,8 @@ HWY_EXPORT(SiluMulImpl);
 HWY_EXPORT(F16ToF32Impl);
 HWY_EXPORT(BF16ToF32Impl);
 HWY_EXPORT(F32ToF16Impl);
+HWY_EXPORT(RoundToBF16Impl);
+HWY_EXPORT(F32ToBF16Impl);
 HWY_EXPORT(DotQ8_0Q8Impl);
 HWY_EXPORT(DotQ4_0Q8Impl);
 HWY_EXPORT(DotQ4_KQ8Impl);
@@ -1285,6 +1318,8 @@ void silu_mul(const float* gate, const float* up, float* out, size_t n) {
 float max_value(const float* x, size_t n) { return HWY_DYNAMIC_DISPATCH(MaxImpl)(x, n); }
 void f16_to_f32(const uint16_t* src, float* dst, size_t n) { HWY_DYNAMIC_DISPATCH(F16ToF32Impl)(src, dst, n); }
 void f32_to_f16(const float* src, uint16_t* dst, size_t n) { HWY_DYNAMIC_DISPATCH(F32ToF16Impl)(src, dst, n); }
+void round_to_bf16(const float* src, float* dst, size_t n) { HWY_DYNAMIC_DISPATCH(RoundToBF16Impl)(src, dst, n); }
+void f32_to_bf16(const float* src, uint16_t* dst, size_t n) { HWY_DYNAMIC_DISPATCH(F32ToBF16Impl)(src, dst, n); }
 
 const char* active_target() { return hwy::TargetName(HWY_DYNAMIC_DISPATCH(TargetImpl)()); }
 
@@ -1450,6 +1485,17 @@ void matmul(const TensorView& W, const float* x, float* y, int n_tokens, ThreadP
   if (n_tokens >= kGemmMinTokens && gemm_supports(W.type, W.ne[0])) {
     gemm(W, x, y, n_tokens, pool);
     return;
+  }
+  if (W.type == GgmlType::BF16 && n_tokens > 0) {
+    // As llama.cpp: bf16 activations for bf16 weights, here as in gemm (which
+    // rounds its own, for the CPU's bf16 dot instructions), so that prompt and
+    // generation agree. Reused across calls like matmul_q8's buffer; the
+    // workers see it only as x.
+    thread_local std::vector<float> rounded;
+    const size_t count = static_cast<size_t>(n_tokens) * static_cast<size_t>(W.ne[0]);
+    if (rounded.size() < count) rounded.resize(count);
+    round_to_bf16(x, rounded.data(), count);
+    x = rounded.data();
   }
   if (activation_type(W.type, W.ne[0]) != GgmlType::F32) {
     matmul_q8(W, x, y, n_tokens, pool);

@@ -37,6 +37,11 @@ void f16_to_f32(const uint16_t* src, float* dst, size_t n);
 // dst[0..n) = src rounded to IEEE half bits, to nearest with ties to even
 // (as quant's fp32_to_fp16) for finite values within the half range.
 void f32_to_f16(const float* src, uint16_t* dst, size_t n);
+// dst[0..n) = src rounded to bfloat16 precision, kept as float32 (as quant's
+// fp32_to_bf16 then bf16_to_fp32: nearest, ties to even). May run in place.
+void round_to_bf16(const float* src, float* dst, size_t n);
+// dst[0..n) = src rounded to bfloat16 bits (as quant's fp32_to_bf16).
+void f32_to_bf16(const float* src, uint16_t* dst, size_t n);
 
 // Largest scaled dot product of q[0..k_dim) with n_rows keys stored
 // column-major as int8 (Engram memory's key index):
@@ -58,7 +63,9 @@ float dot_row(GgmlType type, const void* row, const float* x, int64_t n);
 
 // Type matmul quantizes the activations to for weights of `type` with rows
 // of n elements, as llama.cpp does: Q8_0 for Q8_0 and Q4_0, Q8_K for Q4_K and
-// Q6_K; F32 (not quantized) for every other type.
+// Q6_K; F32 (not quantized) for every other type. (matmul still rounds the
+// activations of BF16 weights to bfloat16 precision, as llama.cpp does, so
+// that bf16 x bf16 products can run on the CPU's bf16 dot instructions.)
 GgmlType activation_type(GgmlType type, int64_t n);
 
 // dst = x[0..n) quantized to activation_type(type, n) (which must not be
@@ -74,7 +81,8 @@ float dot_row_q8(GgmlType type, const void* row, const void* x_q8, int64_t n);
 // y[t, o] = sum_i W[o, i] * x[t, i]  for t < n_tokens, o < W.ne[1].
 // W: ne = {n_in, n_out}, any type with can_dequantize(). x: [n_tokens, n_in].
 // y: [n_tokens, n_out]. Rows of W are split across the pool. Where
-// activation_type(W.type, n_in) is not F32, x is first quantized per token.
+// activation_type(W.type, n_in) is not F32, x is first quantized per token;
+// for BF16 weights, x is first rounded to bfloat16 (round_to_bf16).
 void matmul(const TensorView& W, const float* x, float* y, int n_tokens, ThreadPool& pool);
 
 // out[0..ne[0]) = row i of W, dequantized (embedding lookup).

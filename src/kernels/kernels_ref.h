@@ -299,7 +299,8 @@ inline GgmlType activation_type(GgmlType type, int64_t n) {
 }
 
 // Dot of a weight row with float activations x as matmul computes it:
-// x quantized to activation_type first where that is not F32.
+// x quantized to activation_type first where that is not F32, and rounded
+// to bfloat16 for BF16 weights.
 inline float matmul_dot(GgmlType type, const void* row, const float* x, int64_t n) {
   switch (activation_type(type, n)) {
     case GgmlType::Q8_0: {
@@ -310,6 +311,11 @@ inline float matmul_dot(GgmlType type, const void* row, const float* x, int64_t 
     case GgmlType::Q8_K:
       return dot_row_q8_K(type, row, quantize_q8_K(x, n).data(), n);
     default:
+      if (type == GgmlType::BF16) {  // bf16 activations, as llama.cpp
+        std::vector<float> rounded(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) rounded[i] = bf16_to_fp32(fp32_to_bf16(x[i]));
+        return dot_row(type, row, rounded.data(), n);
+      }
       return dot_row(type, row, x, n);
   }
 }

@@ -16,6 +16,7 @@
 #include "kernels/kernels.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
@@ -273,6 +274,55 @@ TEST(Kernels, FloatToHalfRoundsToNearestEven) {
       ASSERT_EQ(got[i], fp32_to_fp16(values[i + 1])) << "value " << values[i + 1];
     }
   });
+}
+
+TEST(Kernels, FloatToBFloat16RoundsLikeQuant) {
+  std::vector<float> values = random_floats(5000, -3, 3, 23);
+  for (uint32_t b = 0; b < 0x7F80; b += 13) {  // exact bf16 values and the ties above them
+    const uint32_t bits = b << 16;
+    values.push_back(std::bit_cast<float>(bits));
+    values.push_back(std::bit_cast<float>(bits | 0x8000));  // a tie: rounds to the even neighbour
+    values.push_back(-std::bit_cast<float>(bits | 0x7FFF));
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+  values.insert(values.end(), {0.f, -0.f, inf, -inf, std::numeric_limits<float>::max(), 1e-40f,
+                               std::bit_cast<float>(0x7F800001u), std::bit_cast<float>(0xFFC12345u)});
+  for_each_target([&] {
+    const size_t n = values.size() - 1;  // odd start: unaligned, with a tail
+    std::vector<uint16_t> bits(n);
+    std::vector<float> rounded(n);
+    f32_to_bf16(values.data() + 1, bits.data(), n);
+    round_to_bf16(values.data() + 1, rounded.data(), n);
+    for (size_t i = 0; i < n; ++i) {
+      const uint16_t want = fp32_to_bf16(values[i + 1]);
+      ASSERT_EQ(bits[i], want) << "value " << values[i + 1];
+      ASSERT_EQ(std::bit_cast<uint32_t>(rounded[i]), static_cast<uint32_t>(want) << 16) << "value " << values[i + 1];
+    }
+  });
+}
+
+// llama.cpp multiplies BF16 weights with bf16 activations; matmul does too on
+// every path (gemm's bf16 dot instructions where the CPU has them), so x =
+// 1 + 2^-9 (below half a bf16 step, rounds to 1) times rows of ones sums to
+// exactly n_in.
+TEST(Kernels, MatmulRoundsActivationsOfBF16WeightsToBF16) {
+  for (int64_t n_in : {7, 64, 1100}) {
+    const std::vector<uint16_t> ones(static_cast<size_t>(n_in * 40), 0x3F80);
+    TensorView W;
+    W.type = GgmlType::BF16;
+    W.ne = {n_in, 40, 1, 1};
+    W.n_dims = 2;
+    W.data = ones.data();
+    for_each_target([&] {
+      ThreadPool pool(2);
+      for (int n_tokens : {1, 3, 40}) {
+        const std::vector<float> x(static_cast<size_t>(n_tokens * n_in), 1.0f + 1.0f / 512);
+        std::vector<float> y(static_cast<size_t>(n_tokens * 40), NAN);
+        matmul(W, x.data(), y.data(), n_tokens, pool);
+        for (float v : y) ASSERT_EQ(v, static_cast<float>(n_in)) << "n_in " << n_in << " n_tokens " << n_tokens;
+      }
+    });
+  }
 }
 
 TEST(Kernels, AddMulScaleAreExact) {
