@@ -33,6 +33,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/hwy_targets.h"
 #include "kernels/kernels.h"
 #include "quant/blocks.h"
 #include "quant/quant.h"
@@ -238,11 +239,6 @@ constexpr size_t kBF16PanelRows = 32;     // two vectors of 16 float lanes
 constexpr size_t kBF16Tokens = 12;        // 24 accumulators, 2 weight vectors, a broadcast
 constexpr size_t kBF16ChunkPairs = 512;   // 64 KiB of packed panel: stays in L2
 
-HWY_INLINE bool CpuHasBF16Dot() {
-  static const bool has = __builtin_cpu_supports("avx512bf16");
-  return has;
-}
-
 // In place: r[j] = column j of the 16 x 16 matrix of 32-bit words whose
 // row i was r[i]. Pairs within 128-bit lanes, then quads, then the lanes.
 HWY_INLINE void Transpose16x16(__m512i r[16]) {
@@ -345,7 +341,7 @@ constexpr auto MakeBF16Tiles(std::index_sequence<I...>) {
 // Whether GemmBF16Impl runs here: AVX3_DL on a CPU with AVX512_BF16.
 bool HasBF16DotImpl() {
 #if ENGRAM_GEMM_VNNI
-  return CpuHasBF16Dot();
+  return cpu_has_avx512_bf16();
 #else
   return false;
 #endif

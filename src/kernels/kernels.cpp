@@ -118,6 +118,52 @@ void MatVecHalfImpl(GgmlType type, const uint8_t* w, size_t row_size, const floa
   }
 }
 
+// Generation with BF16 weights on AVX512_BF16: y[o - begin] = row o . x for
+// rows [begin, end), x already bf16 (matmul rounds it, as llama.cpp). One
+// vdpbf16ps takes 32 weights and activations with no widening, a quarter of
+// the instructions of the float path. False (nothing done) elsewhere.
+#if HWY_TARGET == HWY_AVX3_DL
+__attribute__((target("avx512bf16"))) HWY_INLINE float DotBF16Pairs(const uint16_t* HWY_RESTRICT w,
+                                                                   const uint16_t* HWY_RESTRICT x, size_t n) {
+  const auto load = [](const uint16_t* p, __mmask32 mask) {
+    return reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(mask, p));
+  };
+  const __mmask32 all = ~__mmask32{0};
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  size_t i = 0;
+  for (; i + 128 <= n; i += 128) {
+    for (size_t k = 0; k < 4; ++k) {
+      acc[k] = _mm512_dpbf16_ps(acc[k], load(w + i + 32 * k, all), load(x + i + 32 * k, all));
+    }
+  }
+  for (; i < n; i += 32) {
+    const __mmask32 mask = n - i >= 32 ? all : static_cast<__mmask32>((1u << (n - i)) - 1);
+    acc[0] = _mm512_dpbf16_ps(acc[0], load(w + i, mask), load(x + i, mask));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
+__attribute__((target("avx512bf16"))) HWY_NOINLINE void MatVecBF16Rows(const uint8_t* w, size_t row_size,
+                                                                      const uint16_t* x, size_t n, float* y,
+                                                                      size_t begin, size_t end) {
+  for (size_t o = begin; o < end; ++o) {
+    y[o - begin] = DotBF16Pairs(reinterpret_cast<const uint16_t*>(w + o * row_size), x, n);
+  }
+}
+#endif
+
+bool MatVecBF16Impl(const uint8_t* w, size_t row_size, const uint16_t* x, size_t n, float* y, size_t begin,
+                    size_t end) {
+#if HWY_TARGET == HWY_AVX3_DL
+  if (!cpu_has_avx512_bf16()) return false;
+  MatVecBF16Rows(w, row_size, x, n, y, begin, end);
+  return true;
+#else
+  (void)w, (void)row_size, (void)x, (void)n, (void)y, (void)begin, (void)end;
+  return false;
+#endif
+}
+
 float MaxImpl(const float* x, size_t n) {
   const DF d;
   const size_t N = hn::Lanes(d);
@@ -1283,6 +1329,7 @@ HWY_EXPORT(DotQ4_KQ8Impl);
 HWY_EXPORT(DotQ6_KQ8Impl);
 HWY_EXPORT(MatVecQ8Impl);
 HWY_EXPORT(MatVecHalfImpl);
+HWY_EXPORT(MatVecBF16Impl);
 HWY_EXPORT(QuantizeQ8_0Impl);
 HWY_EXPORT(QuantizeQ8_KImpl);
 HWY_EXPORT(TargetImpl);
@@ -1465,6 +1512,24 @@ void matmul_q8(const TensorView& W, const float* x, float* y, int n_tokens, Thre
   }, kGrain);
 }
 
+// One token times BF16 weights with the CPU's bf16 dot products: x rounded
+// to bf16 once, then each row a run of vdpbf16ps. False where the CPU has none.
+bool matmul_bf16_dot(const TensorView& W, const float* x, float* y, ThreadPool& pool) {
+  const auto mat_vec = HWY_DYNAMIC_DISPATCH(MatVecBF16Impl);
+  const size_t n_in = static_cast<size_t>(W.ne[0]);
+  thread_local std::vector<uint16_t> x_bf16;  // grows once, as matmul_q8's buffer
+  if (x_bf16.size() < n_in) x_bf16.resize(n_in);
+  const auto* base = static_cast<const uint8_t*>(W.data);
+  if (!mat_vec(base, W.row_size(), x_bf16.data(), 0, y, 0, 0)) return false;
+  f32_to_bf16(x, x_bf16.data(), n_in);
+  const uint16_t* xb = x_bf16.data();  // the workers must not name the thread_local
+  constexpr size_t kGrain = 16;
+  pool.parallel_for(static_cast<size_t>(W.ne[1]), [&](size_t begin, size_t end, int) {
+    mat_vec(base, W.row_size(), xb, n_in, y + begin, begin, end);
+  }, kGrain);
+  return true;
+}
+
 }  // namespace
 
 void matmul(const TensorView& W, const float* x, float* y, int n_tokens, ThreadPool& pool) {
@@ -1473,6 +1538,7 @@ void matmul(const TensorView& W, const float* x, float* y, int n_tokens, ThreadP
     gemm(W, x, y, n_tokens, pool);
     return;
   }
+  if (W.type == GgmlType::BF16 && n_tokens == 1 && matmul_bf16_dot(W, x, y, pool)) return;
   if (W.type == GgmlType::BF16 && n_tokens > 0) {
     // As llama.cpp: bf16 activations for bf16 weights, here as in gemm (which
     // rounds its own, for the CPU's bf16 dot instructions), so that prompt and
