@@ -1368,7 +1368,7 @@ void gemm_quantized(const TensorView& W, const float* x, float* y, size_t nt, Th
 // bf16 once, the weights packed straight from the file.
 // False (nothing done) on other CPUs.
 bool gemm_bf16(const TensorView& W, const float* x, float* y, size_t nt, ThreadPool& pool) {
-  if (!HWY_DYNAMIC_DISPATCH(HasBF16DotImpl)()) return false;
+  if (!bf16_dot_available()) return false;
   const size_t ni = static_cast<size_t>(W.ne[0]);
   const size_t no = static_cast<size_t>(W.ne[1]);
   const size_t ldx = (ni + 1) / 2 * 2;
@@ -1408,6 +1408,8 @@ void gemm_float(const TensorView& W, const float* x, float* y, size_t nt, Thread
 }
 
 }  // namespace
+
+bool bf16_dot_available() { return HWY_DYNAMIC_DISPATCH(HasBF16DotImpl)(); }
 
 bool gemm_supports(GgmlType type, int64_t n_in) {
   switch (type) {

@@ -27,6 +27,11 @@ namespace engram::kernels {
 // empty and the per-row path is as fast.
 constexpr int kGemmMinTokens = 8;
 
+// Whether the dispatched kernels multiply bf16 by bf16 with the CPU's
+// vdpbf16ps (AVX3_DL on a CPU with AVX512_BF16): gemm's BF16 tiles and
+// matmul's one-token BF16 product.
+bool bf16_dot_available();
+
 // Whether gemm handles weights of `type` with rows of n_in elements: F32, F16
 // and BF16 always; Q8_0, Q4_0, Q4_K and Q6_K when their activations are
 // quantized (activation_type(type, n_in) != F32).

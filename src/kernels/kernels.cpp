@@ -121,7 +121,7 @@ void MatVecHalfImpl(GgmlType type, const uint8_t* w, size_t row_size, const floa
 // Generation with BF16 weights on AVX512_BF16: y[o - begin] = row o . x for
 // rows [begin, end), x already bf16 (matmul rounds it, as llama.cpp). One
 // vdpbf16ps takes 32 weights and activations with no widening, a quarter of
-// the instructions of the float path. False (nothing done) elsewhere.
+// the instructions of the float path. Only where bf16_dot_available().
 #if HWY_TARGET == HWY_AVX3_DL
 __attribute__((target("avx512bf16"))) HWY_INLINE float DotBF16Pairs(const uint16_t* HWY_RESTRICT w,
                                                                    const uint16_t* HWY_RESTRICT x, size_t n) {
@@ -152,16 +152,18 @@ __attribute__((target("avx512bf16"))) HWY_NOINLINE void MatVecBF16Rows(const uin
 }
 #endif
 
-bool MatVecBF16Impl(const uint8_t* w, size_t row_size, const uint16_t* x, size_t n, float* y, size_t begin,
+void MatVecBF16Impl(const uint8_t* w, size_t row_size, const uint16_t* x, size_t n, float* y, size_t begin,
                     size_t end) {
 #if HWY_TARGET == HWY_AVX3_DL
-  if (!cpu_has_avx512_bf16()) return false;
-  MatVecBF16Rows(w, row_size, x, n, y, begin, end);
-  return true;
-#else
-  (void)w, (void)row_size, (void)x, (void)n, (void)y, (void)begin, (void)end;
-  return false;
+  if (cpu_has_avx512_bf16()) {
+    MatVecBF16Rows(w, row_size, x, n, y, begin, end);
+    return;
+  }
 #endif
+  // Unreachable: matmul calls this only where bf16_dot_available().
+  assert(false && "MatVecBF16Impl without bf16_dot_available()");
+  (void)w, (void)row_size, (void)x, (void)n;
+  for (size_t o = begin; o < end; ++o) y[o - begin] = std::numeric_limits<float>::quiet_NaN();
 }
 
 float MaxImpl(const float* x, size_t n) {
@@ -1515,13 +1517,13 @@ void matmul_q8(const TensorView& W, const float* x, float* y, int n_tokens, Thre
 // One token times BF16 weights with the CPU's bf16 dot products: x rounded
 // to bf16 once, then each row a run of vdpbf16ps. False where the CPU has none.
 bool matmul_bf16_dot(const TensorView& W, const float* x, float* y, ThreadPool& pool) {
+  if (!bf16_dot_available()) return false;
   const auto mat_vec = HWY_DYNAMIC_DISPATCH(MatVecBF16Impl);
   const size_t n_in = static_cast<size_t>(W.ne[0]);
   thread_local std::vector<uint16_t> x_bf16;  // grows once, as matmul_q8's buffer
   if (x_bf16.size() < n_in) x_bf16.resize(n_in);
-  const auto* base = static_cast<const uint8_t*>(W.data);
-  if (!mat_vec(base, W.row_size(), x_bf16.data(), 0, y, 0, 0)) return false;
   f32_to_bf16(x, x_bf16.data(), n_in);
+  const auto* base = static_cast<const uint8_t*>(W.data);
   const uint16_t* xb = x_bf16.data();  // the workers must not name the thread_local
   constexpr size_t kGrain = 16;
   pool.parallel_for(static_cast<size_t>(W.ne[1]), [&](size_t begin, size_t end, int) {
