@@ -130,10 +130,59 @@ constexpr size_t kChunk = 512;
 
 HWY_INLINE size_t PanelRows() { return kPanelVecs * hn::Lanes(DF()); }
 
+#if ENGRAM_GEMM_AVX512
+// In place: r[j] = column j of the 16 x 16 matrix of 32-bit words whose
+// row i was r[i]. Pairs within 128-bit lanes, then quads, then the lanes.
+HWY_INLINE void Transpose16x16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  // r[4i + e], 128-bit lane L: rows 4i .. 4i + 3 of column 4L + e.
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  __m512i out[16];
+  for (int e = 0; e < 4; ++e) {
+    const __m512i ab_low = _mm512_shuffle_i32x4(r[e], r[4 + e], 0x44);  // lanes 0, 1 of each
+    const __m512i ab_high = _mm512_shuffle_i32x4(r[e], r[4 + e], 0xEE);
+    const __m512i cd_low = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0x44);
+    const __m512i cd_high = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0xEE);
+    out[e] = _mm512_shuffle_i32x4(ab_low, cd_low, 0x88);
+    out[4 + e] = _mm512_shuffle_i32x4(ab_low, cd_low, 0xDD);
+    out[8 + e] = _mm512_shuffle_i32x4(ab_high, cd_high, 0x88);
+    out[12 + e] = _mm512_shuffle_i32x4(ab_high, cd_high, 0xDD);
+  }
+  for (int j = 0; j < 16; ++j) r[j] = out[j];
+}
+
+#endif
+
 // panel[k * PanelRows() + r] = w[r * ldw + k] for r < nr, k < kn; 0 for r >= nr.
+// With AVX-512, whole 16-row groups go 16 floats at a time through a transpose.
 HWY_INLINE void PackPanel(const float* HWY_RESTRICT w, size_t ldw, size_t nr, size_t kn, float* HWY_RESTRICT panel) {
   const size_t pr = PanelRows();
-  for (size_t r = 0; r < pr; ++r) {
+  size_t r = 0;
+#if ENGRAM_GEMM_AVX512
+  static_assert(kPanelVecs == 2);  // 32 rows: two 16-row groups
+  const size_t whole = kn / 16 * 16;
+  for (; r + 16 <= nr; r += 16) {
+    for (size_t k = 0; k < whole; k += 16) {
+      __m512i rows[16];
+      for (size_t i = 0; i < 16; ++i) rows[i] = _mm512_castps_si512(_mm512_loadu_ps(w + (r + i) * ldw + k));
+      Transpose16x16(rows);
+      for (size_t j = 0; j < 16; ++j) _mm512_store_si512(panel + (k + j) * pr + r, rows[j]);
+    }
+    for (size_t i = r; i < r + 16; ++i) {
+      for (size_t k = whole; k < kn; ++k) panel[k * pr + i] = w[i * ldw + k];
+    }
+  }
+#endif
+  for (; r < pr; ++r) {
     float* dst = panel + r;
     if (r < nr) {
       const float* src = w + r * ldw;
@@ -238,35 +287,6 @@ void GemmF32Impl(const float* w, size_t ldw, size_t n_rows, const float* x, size
 constexpr size_t kBF16PanelRows = 32;     // two vectors of 16 float lanes
 constexpr size_t kBF16Tokens = 12;        // 24 accumulators, 2 weight vectors, a broadcast
 constexpr size_t kBF16ChunkPairs = 512;   // 64 KiB of packed panel: stays in L2
-
-// In place: r[j] = column j of the 16 x 16 matrix of 32-bit words whose
-// row i was r[i]. Pairs within 128-bit lanes, then quads, then the lanes.
-HWY_INLINE void Transpose16x16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  // r[4i + e], 128-bit lane L: rows 4i .. 4i + 3 of column 4L + e.
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  __m512i out[16];
-  for (int e = 0; e < 4; ++e) {
-    const __m512i ab_low = _mm512_shuffle_i32x4(r[e], r[4 + e], 0x44);  // lanes 0, 1 of each
-    const __m512i ab_high = _mm512_shuffle_i32x4(r[e], r[4 + e], 0xEE);
-    const __m512i cd_low = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0x44);
-    const __m512i cd_high = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0xEE);
-    out[e] = _mm512_shuffle_i32x4(ab_low, cd_low, 0x88);
-    out[4 + e] = _mm512_shuffle_i32x4(ab_low, cd_low, 0xDD);
-    out[8 + e] = _mm512_shuffle_i32x4(ab_high, cd_high, 0x88);
-    out[12 + e] = _mm512_shuffle_i32x4(ab_high, cd_high, 0xDD);
-  }
-  for (int j = 0; j < 16; ++j) r[j] = out[j];
-}
 
 // panel[p * kBF16PanelRows + r] = elements k0 + 2p, k0 + 2p + 1 of row r
 // (at w + r * ldw) for p < np; zero past nr rows and past the row's n
