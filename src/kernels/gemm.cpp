@@ -131,9 +131,12 @@ constexpr size_t kChunk = 512;
 HWY_INLINE size_t PanelRows() { return kPanelVecs * hn::Lanes(DF()); }
 
 #if ENGRAM_GEMM_AVX512
-// In place: r[j] = column j of the 16 x 16 matrix of 32-bit words whose
-// row i was r[i]. Pairs within 128-bit lanes, then quads, then the lanes.
-HWY_INLINE void Transpose16x16(__m512i r[16]) {
+// A 16 x 16 block of 32-bit words transposed: row j at dst + j * dst_stride
+// = word j of each row i at src + i * src_stride (strides in bytes; dst
+// 64-byte aligned). Pairs within 128-bit lanes, then quads, then the lanes.
+HWY_INLINE void TransposeWords16x16(const void* src, size_t src_stride, void* dst, size_t dst_stride) {
+  __m512i r[16];
+  for (size_t i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(static_cast<const char*>(src) + i * src_stride);
   __m512i t[16];
   for (int i = 0; i < 8; ++i) {
     t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
@@ -157,7 +160,7 @@ HWY_INLINE void Transpose16x16(__m512i r[16]) {
     out[8 + e] = _mm512_shuffle_i32x4(ab_high, cd_high, 0x88);
     out[12 + e] = _mm512_shuffle_i32x4(ab_high, cd_high, 0xDD);
   }
-  for (int j = 0; j < 16; ++j) r[j] = out[j];
+  for (size_t j = 0; j < 16; ++j) _mm512_store_si512(static_cast<char*>(dst) + j * dst_stride, out[j]);
 }
 
 #endif
@@ -172,10 +175,7 @@ HWY_INLINE void PackPanel(const float* HWY_RESTRICT w, size_t ldw, size_t nr, si
   const size_t whole = kn / 16 * 16;
   for (; r + 16 <= nr; r += 16) {
     for (size_t k = 0; k < whole; k += 16) {
-      __m512i rows[16];
-      for (size_t i = 0; i < 16; ++i) rows[i] = _mm512_castps_si512(_mm512_loadu_ps(w + (r + i) * ldw + k));
-      Transpose16x16(rows);
-      for (size_t j = 0; j < 16; ++j) _mm512_store_si512(panel + (k + j) * pr + r, rows[j]);
+      TransposeWords16x16(w + r * ldw + k, ldw * sizeof(float), panel + k * pr + r, pr * sizeof(float));
     }
     for (size_t i = r; i < r + 16; ++i) {
       for (size_t k = whole; k < kn; ++k) panel[k * pr + i] = w[i * ldw + k];
@@ -299,10 +299,8 @@ HWY_INLINE void PackBF16Panel(const uint16_t* HWY_RESTRICT w, size_t ldw, size_t
     size_t p = 0;
     if (r0 + 16 <= nr) {
       for (; p < whole; p += 16) {
-        __m512i rows[16];
-        for (size_t i = 0; i < 16; ++i) rows[i] = _mm512_loadu_si512(w + (r0 + i) * ldw + k0 + 2 * p);
-        Transpose16x16(rows);
-        for (size_t j = 0; j < 16; ++j) _mm512_store_si512(panel + (p + j) * kBF16PanelRows + r0, rows[j]);
+        TransposeWords16x16(w + r0 * ldw + k0 + 2 * p, ldw * sizeof(uint16_t), panel + p * kBF16PanelRows + r0,
+                            kBF16PanelRows * sizeof(uint32_t));
       }
     }
     for (size_t r = r0; r < r0 + 16; ++r) {

@@ -160,10 +160,14 @@ void MatVecBF16Impl(const uint8_t* w, size_t row_size, const uint16_t* x, size_t
     return;
   }
 #endif
-  // Unreachable: matmul calls this only where bf16_dot_available().
-  assert(false && "MatVecBF16Impl without bf16_dot_available()");
-  (void)w, (void)row_size, (void)x, (void)n;
-  for (size_t o = begin; o < end; ++o) y[o - begin] = std::numeric_limits<float>::quiet_NaN();
+  // matmul calls this only where bf16_dot_available(); the plain sum keeps
+  // every target's version correct all the same.
+  for (size_t o = begin; o < end; ++o) {
+    const auto* row = reinterpret_cast<const uint16_t*>(w + o * row_size);
+    float sum = 0;
+    for (size_t i = 0; i < n; ++i) sum += bf16_to_fp32(row[i]) * bf16_to_fp32(x[i]);
+    y[o - begin] = sum;
+  }
 }
 
 float MaxImpl(const float* x, size_t n) {
